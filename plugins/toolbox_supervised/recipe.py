@@ -1,0 +1,41 @@
+"""Recipe schema of the supervised method."""
+
+from typing import Literal
+
+from toolbox.recipes import RecipeBase, Section
+
+
+class Data(Section):
+    dataset: str = "digits"
+    synthetic: str | None = None  # train on a condensed set (run dir or hf-hub:) instead of the real train split
+    batch_size: int = 64
+    augment: Literal["none", "crop", "crop_flip"] = "none"
+    crop_padding: int = 4
+
+
+class Model(Section):
+    arch: str = "wrn-16-2"
+    kwargs: dict = {}
+
+
+class Optim(Section):
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+class Schedule(Section):
+    kind: Literal["step", "cosine", "constant"] = "cosine"
+    milestones: list[int] = []  # epochs, for kind=step
+    gamma: float = 0.2
+
+
+class SupervisedRecipe(RecipeBase):
+    method: Literal["supervised"] = "supervised"
+    data: Data = Data()
+    model: Model = Model()
+    optim: Optim = Optim()
+    schedule: Schedule = Schedule()
+    epochs: int = 30
+    eval_every: int = 1  # epochs

@@ -1,0 +1,1 @@
+"""Recipes shipped with toolbox: paper configurations and CPU configurations (YAML files)."""

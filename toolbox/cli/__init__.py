@@ -1,0 +1,83 @@
+"""The ``toolbox`` command: a click group whose verbs dispatch to method plugins.
+
+Only click is imported here; each verb imports what it needs when it runs, so ``toolbox --help``
+stays fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..errors import ToolboxError
+
+
+class ToolboxGroup(click.Group):
+    """Turns ToolboxError into one line on stderr and its exit code (traceback only with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ToolboxError as e:
+            if debug_enabled(ctx):
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:
+            if debug_enabled(ctx):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"error: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+    def list_commands(self, ctx):
+        return list(self.commands)  # in the order they were added: the workflow order
+
+
+def debug_enabled(ctx) -> bool:
+    root = ctx.find_root()
+    return bool(root.params.get("debug")) or os.environ.get("TOOLBOX_DEBUG") == "1" or bool(ctx.meta.get("debug"))
+
+
+@click.group(cls=ToolboxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="toolbox", prog_name="toolbox")
+def cli(debug):
+    """Model compression and data-efficient learning methods, as plugins.
+
+    \b
+    toolbox train supervised --dataset digits     train a classifier (a teacher)
+    toolbox train zskt                            zero-shot knowledge transfer
+    toolbox condense digits                       dataset condensation
+    toolbox evaluate runs/<run>                   test a run's model or condensed set
+    toolbox methods | plugins | recipes | models | datasets
+    """
+
+
+def _register():
+    from . import inspect, operate, packages
+
+    for command in (operate.train, operate.distill, operate.condense, operate.evaluate, operate.export,
+                    inspect.plugins, inspect.methods, inspect.models, inspect.datasets, inspect.recipes,
+                    packages.install, packages.uninstall):
+        cli.add_command(command)
+    try:
+        from . import hub
+    except ImportError:  # the Hub verbs are optional at import time; their module imports no torch
+        return
+    cli.add_command(hub.pull)
+    cli.add_command(hub.push)
+
+
+_register()
+
+
+def main():
+    cli(prog_name="toolbox")

@@ -1,0 +1,114 @@
+"""Read-only verbs: plugins, methods, models, datasets, recipes (tables, or --json for machines)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+
+import click
+
+
+def _table(title, columns, rows):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[str(x) for x in r])
+    Console().print(table)
+
+
+def _json(data):
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json):
+    """Installed plugins: version, hooks, methods; and plugins that failed to load, with their error."""
+    from .. import plugins as plugin_loader
+
+    pm = plugin_loader.load()
+    rows = [{"name": p.name, "distribution": p.dist, "version": p.version, "hooks": p.hooks, "methods": p.methods,
+             "status": "loaded"} for p in pm.loaded if p.name != plugin_loader.CORE]
+    rows += [{"name": f.name, "distribution": f.dist, "version": f.version, "hooks": [], "methods": [],
+              "status": "failed", "error": f.error} for f in pm.failed]
+    conflicts = list(pm.registry.conflicts.values())
+    if as_json:
+        return _json(rows + [{"name": None, "status": "conflict", "error": c} for c in conflicts])
+    _table("plugins", ["name", "version", "hooks", "methods", "status"],
+           [(r["name"], r["version"] or "", ", ".join(r["hooks"]), ", ".join(r["methods"]),
+             r["status"] if r["status"] == "loaded" else f"FAILED: {r['error']}") for r in rows])
+    for c in conflicts:
+        click.echo(f"conflict: {c}", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def methods(as_json):
+    """Registered methods: verbs, plugin, summary, default recipe and options."""
+    from .. import plugins as plugin_loader
+
+    reg = plugin_loader.load().registry
+    rows = [{"name": m.name, "verbs": list(m.verbs), "plugin": m.plugin, "summary": m.summary,
+             "default_recipe": m.default_recipe, "options": {f"--{k}": o.key for k, o in m.options.items()},
+             "paper": m.paper} for m in sorted(reg.methods.values(), key=lambda m: m.name)]
+    if as_json:
+        return _json(rows)
+    _table("methods", ["name", "verbs", "plugin", "summary", "default recipe", "options"],
+           [(r["name"], ", ".join(r["verbs"]), r["plugin"], r["summary"], r["default_recipe"] or "",
+             " ".join(r["options"])) for r in rows])
+
+
+@click.command()
+@click.argument("pattern", default="*")
+@click.option("--json", "as_json", is_flag=True)
+def models(pattern, as_json):
+    """Registered architectures matching PATTERN (fnmatch, e.g. '*wrn*')."""
+    from .. import plugins as plugin_loader
+
+    rows = [{"name": a.name, "summary": a.summary, "kwargs": a.kwargs, "plugin": a.plugin}
+            for a in plugin_loader.load().registry.match_architectures(pattern)]
+    if as_json:
+        return _json(rows)
+    _table(f"architectures matching '{pattern}'", ["name", "summary", "plugin"],
+           [(r["name"], r["summary"], r["plugin"]) for r in rows])
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def datasets(as_json):
+    """Registered datasets, where they are looked for, and whether they are present."""
+    from .. import plugins as plugin_loader
+
+    rows = [{"name": d.name, "classes": d.num_classes, "shape": list(d.shape), "where": d.where(),
+             "present": d.present(), "files": list(d.files), "plugin": d.plugin}
+            for d in sorted(plugin_loader.load().registry.datasets.values(), key=lambda d: d.name)]
+    if as_json:
+        return _json(rows)
+    _table("datasets", ["name", "classes", "shape", "present", "where", "files"],
+           [(r["name"], r["classes"], "x".join(map(str, r["shape"])), "yes" if r["present"] else "no", r["where"],
+             ", ".join(r["files"])) for r in rows])
+
+
+@click.command()
+@click.argument("pattern", default="*")
+@click.option("--json", "as_json", is_flag=True)
+def recipes(pattern, as_json):
+    """Recipes shipped in recipes/ and by plugins, with the published number each targets."""
+    from ..recipes import list_recipes
+
+    rows = [r for r in list_recipes() if fnmatch.fnmatch(r["name"], pattern)]
+    if as_json:
+        return _json(rows)
+
+    def expect(e):
+        if not isinstance(e, dict) or "value" not in e:
+            return ""
+        std = f" ± {e['std']}" if e.get("std") is not None else ""
+        return f"{e.get('metric', 'accuracy')} {e['value']}{std}"
+
+    _table("recipes", ["name", "method", "expects", "source"],
+           [(r["name"], r["method"], expect(r["expect"]), (r["expect"] or {}).get("source", "")) for r in rows])

@@ -1,0 +1,158 @@
+"""The operation verbs: train, distill, condense (run a method), evaluate and export (use a result)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import UsageError
+from .common import EXTRA, parse_extra, run_options, set_threads
+
+
+def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resume, seed, threads, debug, target=None):
+    from .. import plugins, recipes, runs
+
+    ctx.meta["debug"] = debug
+    set_threads(threads)
+    pm = plugins.load()
+    if resume:
+        if extra or recipe or overrides or seed is not None:
+            raise UsageError("--resume continues a run with its saved recipe; drop -r/-o/--seed and method options")
+        run_dir, metrics = runs.execute(verb, method_name or "", device=device, resume=resume)
+        return _report(run_dir, metrics)
+    if not method_name:
+        raise UsageError(f"name a method: toolbox {verb} METHOD (see `toolbox methods`), or --resume RUN_DIR")
+    try:
+        method = pm.registry.method(method_name, verb)
+    except UsageError as e:
+        failed = [f for f in pm.failed if f.name == method_name]
+        if failed:
+            raise UsageError(f"{e}; note: {plugins.format_failure(failed[0])}") from None
+        raise
+    values = parse_extra(extra, method.options)
+    if target is not None:
+        values["dataset"] = target
+    if recipe is None and method.choose_recipe is not None:
+        recipe = next((name for name in method.choose_recipe(dict(values)) if recipes.recipe_exists(name)), None)
+    option_overrides = []
+    for name, value in values.items():
+        opt = {k.replace("-", "_"): v for k, v in method.options.items()}.get(name)
+        if opt is None:
+            raise UsageError(f"method '{method.name}' has no option '--{name.replace('_', '-')}'")
+        option_overrides.append(f"{opt.key}={'true' if value is True else value}")
+    all_overrides = option_overrides + ([f"seed={seed}"] if seed is not None else []) + list(overrides)
+    run_dir, metrics = runs.execute(verb, method.name, recipe, all_overrides, out=out, device=device)
+    _report(run_dir, metrics)
+
+
+def _report(run_dir, metrics):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"finished: {run_dir}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    click.echo(f"run directory: {run_dir}\nevaluate it:   toolbox evaluate {run_dir}")
+
+
+@click.command(context_settings=EXTRA)
+@click.argument("method", required=False)
+@run_options
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def train(ctx, method, extra, **kw):
+    """Train with METHOD (e.g. supervised, zskt). Method options: see `toolbox methods`."""
+    _execute(ctx, "train", method, extra, **kw)
+
+
+@click.command(context_settings=EXTRA)
+@click.argument("method", required=False)
+@run_options
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def distill(ctx, method, extra, **kw):
+    """Distil a teacher into a student with METHOD (e.g. kd, zskt)."""
+    _execute(ctx, "distill", method, extra, **kw)
+
+
+@click.command(context_settings=EXTRA)
+@click.argument("dataset", required=False)
+@click.option("--method", "method_name", default="dc", show_default=True, help="Condensation method (dc, dsa, dm, ...).")
+@run_options
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def condense(ctx, dataset, method_name, extra, **kw):
+    """Condense DATASET into a few synthetic images per class (--method dc|dsa|dm, --ipc N)."""
+    if not dataset and not kw.get("resume"):
+        raise UsageError("name a dataset: toolbox condense DATASET (see `toolbox datasets`)")
+    _execute(ctx, "condense", method_name, extra, target=dataset, **kw)
+
+
+@click.command(context_settings=EXTRA)
+@click.argument("source")
+@click.option("--metric", default=None, help="What to measure (default: the method's main metric, e.g. accuracy).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for files the evaluation writes (default: <run>/eval).")
+@click.option("--threads", type=int)
+@click.option("--debug", is_flag=True)
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
+    """Evaluate a run directory, a model folder or hf-hub:org/name[@rev]."""
+    from pathlib import Path
+
+    from .. import artifacts, plugins, runs
+
+    ctx.meta["debug"] = debug
+    set_threads(threads)
+    options = parse_extra(extra)
+    options["metric"] = metric
+    src = artifacts.resolve_source(source)
+    config = artifacts.read_config(src.path)
+    pm = plugins.load()
+    method = pm.registry.method(config.get("method", "?"), "evaluate")
+    out_dir = Path(out) if out else (src.path / "eval" if src.repo is None else Path("runs") / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = pm.call("evaluate", method, source=src, options=options, device=runs.resolve_device(device), out=out_dir)
+    result = dict(result or {})
+    result.setdefault("source", src.describe())
+    result.setdefault("method", method.name)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{method.name}: {source}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.get("metrics", {}).items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console = Console()
+    console.print(table)
+    for key in ("protocol", "files", "notes"):
+        if result.get(key):
+            console.print(f"[bold]{key}:[/] {json.dumps(result[key], default=str) if not isinstance(result[key], str) else result[key]}")
+
+
+@click.command()
+@click.argument("source")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx", "torch-export"]), default="safetensors",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(), help="Output path (default: <run>/export/model.<ext>).")
+@click.option("--debug", is_flag=True)
+@click.pass_context
+def export(ctx, source, fmt, output, debug):
+    """Export a trained model (run dir or hf-hub:) to safetensors, ONNX or a torch.export program."""
+    from ..export import export_model
+
+    ctx.meta["debug"] = debug
+    path = export_model(source, fmt, output)
+    click.echo(str(path))
+    sys.stdout.flush()

@@ -1,0 +1,33 @@
+"""Shared evaluation helpers: batched prediction and accuracy in the model's normalised space."""
+
+from __future__ import annotations
+
+
+def normalize(x, mean, std):
+    import torch
+
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def predict(model, x, *, mean=None, std=None, device="cpu", batch_size: int = 1000):
+    """Logits for raw [0, 1] images ``x`` (normalised here when mean/std are given)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            if mean is not None:
+                xb = normalize(xb, mean, std)
+            out.append(model(xb).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(model, x, y, *, mean=None, std=None, device="cpu", batch_size: int = 1000) -> float:
+    logits = predict(model, x, mean=mean, std=std, device=device, batch_size=batch_size)
+    return (logits.argmax(1) == y.cpu()).float().mean().item()

@@ -1,0 +1,1 @@
+"""Architectures used by the papers. Registered by name in ``catalog``; built lazily."""

@@ -1,0 +1,25 @@
+"""Names -> constructors of core's architectures. Import-light: the modules load on first build."""
+
+from ..registry import Architecture
+
+WRN = "toolbox.models.wrn:WideResNet"
+CONVNET = "toolbox.models.convnet:ConvNet"
+MLP = "toolbox.models.small:MLP"
+
+
+def architectures() -> list[Architecture]:
+    archs = [
+        Architecture(f"wrn-{d}-{k}", WRN, f"pre-activation WideResNet depth {d} width {k} (group outputs for AT)",
+                     {"depth": d, "widen_factor": k})
+        for d, k in [(10, 1), (10, 2), (16, 1), (16, 2), (16, 4), (16, 8), (28, 10), (40, 1), (40, 2), (40, 4)]
+    ]
+    archs.append(Architecture("convnet", CONVNET, "ConvNet-3: 3 x [conv 128, instance norm, ReLU, avgpool] + linear"))
+    archs += [Architecture(f"convnet-d{d}", CONVNET, f"ConvNet depth {d}", {"depth": d}) for d in (1, 2, 3, 4)]
+    archs += [Architecture(f"convnet-w{w}", CONVNET, f"ConvNet-3 width {w}", {"width": w}) for w in (32, 64, 256)]
+    archs += [
+        Architecture("convnet-bn", CONVNET, "ConvNet-3 with batch norm", {"norm": "batchnorm"}),
+        Architecture("convnet-ln", CONVNET, "ConvNet-3 with layer norm", {"norm": "layernorm"}),
+        Architecture("convnet-nonorm", CONVNET, "ConvNet-3 without normalisation", {"norm": "none"}),
+        Architecture("mlp", MLP, "two-hidden-layer ReLU MLP (256 units), for quick CPU recipes"),
+    ]
+    return archs

@@ -1,0 +1,207 @@
+"""Flat registries: names -> methods, architectures, datasets, recipe folders.
+
+They are filled only through the plugins' register_* hooks, so core owns naming and collisions
+(two plugins claiming one name is an error naming both), and lookups of unknown names fail with the
+valid names and a "did you mean".
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+
+VERBS = ("train", "distill", "condense", "evaluate", "export")
+
+
+@dataclass
+class Option:
+    """A method-specific command-line option mapped onto a recipe key.
+
+    ``--dataset digits`` with Option("data.dataset") becomes the override data.dataset=digits.
+    ``flag`` options take no value and set the key to True.
+    """
+
+    key: str
+    help: str = ""
+    flag: bool = False
+
+
+@dataclass
+class Method:
+    """A method a plugin implements.
+
+    name: what users type (``toolbox train <name>``).
+    verbs: the operation hooks the plugin answers for this method.
+    summary: one line for ``toolbox methods``.
+    schema: the pydantic recipe model, or a zero-argument callable returning it (keeps imports lazy).
+    default_recipe: recipe name (see ``toolbox recipes``) or path used when no -r is given.
+    options: extra CLI options (``--name value``) that are shortcuts for recipe keys.
+    paper: citation shown in cards.
+    """
+
+    name: str
+    verbs: tuple[str, ...]
+    summary: str
+    schema: Any
+    default_recipe: str | None = None
+    options: dict[str, Option] = field(default_factory=dict)
+    paper: str = ""
+    # optional: (CLI option values, e.g. {"dataset": "cifar10", "ipc": "50"}) -> candidate recipe
+    # names, best first; the first that exists is used, so `toolbox condense cifar10 --ipc 50`
+    # starts from the matching paper recipe
+    choose_recipe: Callable[[dict], list[str]] | None = None
+    plugin: str = ""  # filled in by the registry: the plugin that registered it
+
+    def recipe_model(self):
+        schema = self.schema
+        if isinstance(schema, type):
+            return schema
+        return schema()
+
+
+@dataclass
+class Architecture:
+    """A model constructor: ``build(num_classes=..., in_channels=..., image_size=..., **kwargs)``."""
+
+    name: str
+    build: Callable[..., Any] | str  # callable or "module:function", imported on first use
+    summary: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)  # fixed constructor arguments for this name
+    plugin: str = ""
+
+    def __call__(self, **kwargs):
+        return resolve(self.build)(**{**self.kwargs, **kwargs})
+
+
+@dataclass
+class DatasetSpec:
+    """An image-classification dataset.
+
+    load() -> (train_x, train_y, test_x, test_y): float32 [N, C, H, W] in [0, 1] and int64 [N].
+    files: the file names that must be present in ``root/<folder>`` (for messages and ``present``).
+    """
+
+    name: str
+    num_classes: int
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    load: Callable[..., Any] | str  # callable or "module:function", imported on first use
+    summary: str = ""
+    folder: str | None = None  # sub-folder of the data root; None = embedded, nothing on disk
+    files: tuple[str, ...] = ()
+    is_present: Callable[[], bool] | None = None
+    location: Callable[[], str] | None = None
+    plugin: str = ""
+
+    def load_arrays(self):
+        return resolve(self.load)()
+
+    def present(self) -> bool:
+        return True if self.is_present is None else bool(self.is_present())
+
+    def where(self) -> str:
+        return "embedded" if self.location is None else self.location()
+
+
+class Registry:
+    """One flat table per kind."""
+
+    def __init__(self):
+        self.methods: dict[str, Method] = {}
+        self.architectures: dict[str, Architecture] = {}
+        self.datasets: dict[str, DatasetSpec] = {}
+        self.recipe_roots: list[tuple[str, Any]] = []  # (plugin, folder as Path or Traversable)
+        # name -> message; a name claimed by two plugins is usable by neither (no silent override)
+        self.conflicts: dict[str, str] = {}
+
+    def _add(self, table: dict, kind: str, obj, plugin: str):
+        obj.plugin = plugin
+        key = f"{kind}:{obj.name}"
+        if key in self.conflicts:
+            return
+        if obj.name in table and table[obj.name].plugin != plugin:
+            first = table.pop(obj.name).plugin
+            self.conflicts[key] = (
+                f"{kind} '{obj.name}' is registered by two plugins, '{first}' and '{plugin}'; uninstall one "
+                f"(toolbox uninstall ...) or select plugins with TOOLBOX_LOAD_PLUGINS"
+            )
+            return
+        table[obj.name] = obj
+
+    def add_method(self, method: Method, plugin: str):
+        bad = [v for v in method.verbs if v not in VERBS]
+        if bad:
+            raise UsageError(f"method '{method.name}' from plugin '{plugin}' names unknown verbs {bad}; valid: {', '.join(VERBS)}")
+        self._add(self.methods, "method", method, plugin)
+
+    def add_architecture(self, arch: Architecture, plugin: str):
+        self._add(self.architectures, "architecture", arch, plugin)
+
+    def add_dataset(self, ds: DatasetSpec, plugin: str):
+        self._add(self.datasets, "dataset", ds, plugin)
+
+    def method(self, name: str, verb: str | None = None) -> Method:
+        m = self._lookup(self.methods, name, "method")
+        if verb and verb not in m.verbs:
+            able = sorted(n for n, x in self.methods.items() if verb in x.verbs)
+            raise UsageError(f"method '{name}' does not support '{verb}' (it supports: {', '.join(m.verbs)}); "
+                             f"methods for '{verb}': {', '.join(able) or 'none'}")
+        return m
+
+    def architecture(self, name: str) -> Architecture:
+        return self._lookup(self.architectures, name, "architecture")
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self._lookup(self.datasets, name, "dataset")
+
+    def _lookup(self, table: dict, name: str, kind: str):
+        if f"{kind}:{name}" in self.conflicts:
+            raise UsageError(self.conflicts[f"{kind}:{name}"])
+        return _lookup(table, name, kind)
+
+    def match_architectures(self, pattern: str = "*") -> list[Architecture]:
+        return [a for n, a in sorted(self.architectures.items()) if fnmatch.fnmatch(n, pattern)]
+
+
+def resolve(target):
+    """A callable, or a "package.module:attribute" string imported on first use (keeps torch out of
+    plugin loading)."""
+    if not isinstance(target, str):
+        return target
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+_current: Registry | None = None
+
+
+def current() -> Registry:
+    """The registry of the loaded plugins (loads them on first use)."""
+    if _current is None:
+        from . import plugins
+
+        plugins.load()
+    assert _current is not None
+    return _current
+
+
+def set_current(registry: Registry | None) -> None:
+    global _current
+    _current = registry
+
+
+def _lookup(table: dict, name: str, kind: str):
+    if name in table:
+        return table[name]
+    valid = sorted(table)
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise UsageError(f"unknown {kind} '{name}'{hint}; valid: {', '.join(valid) or 'none registered'}")

@@ -1,0 +1,324 @@
+"""One directory per run: resolved recipe, run.json, metrics.jsonl, checkpoints, artifacts, images.
+
+Also owns what every run needs the same way: seeding and named random generators, device choice,
+the progress bar, NaN checks, and checkpoint/resume (atomic, no pickle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import NonFiniteLoss, RunError, UsageError
+from .state import atomic_write_text, load_state, save_state
+
+CHECKPOINT = "checkpoint/state.safetensors"
+
+
+def toolbox_home() -> Path:
+    if os.environ.get("TOOLBOX_HOME"):
+        return Path(os.environ["TOOLBOX_HOME"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "toolbox"
+
+
+def resolve_device(spec: str | None):
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; anything else is a usage error."""
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device '{spec}' requested but CUDA is not available here; use --device cpu or auto")
+        index = int(spec[5:]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"device '{spec}' does not exist: {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device(spec)
+    raise UsageError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N")
+
+
+def _seed_for(seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class Progress:
+    """A rich progress bar whose description carries the latest metrics."""
+
+    def __init__(self, total: int, description: str, start: int = 0):
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        self._bar = RichProgress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+            disable=os.environ.get("TOOLBOX_NO_PROGRESS") == "1",
+        )
+        self._task = self._bar.add_task(description, total=total, completed=start, metrics="")
+
+    def update(self, advance: int = 1, **metrics: float) -> None:
+        fields = {}
+        if metrics:
+            fields["metrics"] = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        self._bar.update(self._task, advance=advance, **fields)
+
+    def __enter__(self):
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._bar.stop()
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class Run:
+    """What a method sees of its run. See docs/core-api.md."""
+
+    def __init__(self, dir: Path, recipe, method: str, verb: str, device, resumed: bool = False):
+        import numpy as np
+        import torch
+
+        self.dir = Path(dir)
+        self.recipe = recipe
+        self.method = method
+        self.verb = verb
+        self.device = device
+        self.seed = int(recipe.seed)
+        self.resumed = resumed
+        self._generators: dict[str, Any] = {}
+        self._start = time.time()
+        torch.manual_seed(self.seed)
+        random.seed(self.seed)
+        np.random.seed(self.seed % (2**32))
+
+    # --- randomness ---------------------------------------------------------------------------
+    def generator(self, name: str, device=None):
+        """A torch.Generator seeded from (seed, name); saved and restored with checkpoints."""
+        import torch
+
+        device = torch.device(device or "cpu")
+        key = f"{name}@{device}"
+        if key not in self._generators:
+            g = torch.Generator(device=device)
+            g.manual_seed(_seed_for(self.seed, name))
+            self._generators[key] = g
+        return self._generators[key]
+
+    def _rng_state(self) -> dict:
+        import torch
+
+        state = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "generators": {k: g.get_state() for k, g in self._generators.items()},
+        }
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _restore_rng(self, state: dict) -> None:
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        for key, s in state["generators"].items():
+            name, _, dev = key.rpartition("@")
+            self.generator(name, dev).set_state(s)
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    # --- metrics and progress ----------------------------------------------------------------
+    def log(self, step: int, **metrics) -> None:
+        line = {"step": int(step), "time": round(time.time() - self._start, 3)}
+        line.update({k: _jsonable(v) for k, v in metrics.items()})
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def progress(self, total: int, description: str, start: int = 0) -> Progress:
+        return Progress(total, description, start)
+
+    def check_finite(self, loss, step: int) -> None:
+        value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+        if value != value or value in (float("inf"), float("-inf")):
+            ckpt = self.dir / CHECKPOINT
+            kept = f"the last checkpoint is kept: fix the recipe (e.g. a lower learning rate) and continue with --resume {self.dir}" \
+                if ckpt.exists() else "no checkpoint was written yet: lower the learning rate and start again"
+            raise NonFiniteLoss(f"loss became {value} at step {step}; {kept}")
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict, step: int) -> None:
+        save_state(self.dir / CHECKPOINT, {"step": int(step), "state": state, "rng": self._rng_state()})
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.dir / CHECKPOINT
+        if not self.resumed or not path.exists():
+            return None
+        saved = load_state(path)
+        self._restore_rng(saved["rng"])
+        state = saved["state"]
+        state["step"] = saved["step"]
+        self._truncate_metrics(saved["step"])
+        return state
+
+    def _truncate_metrics(self, step: int) -> None:
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+    # --- artifacts ----------------------------------------------------------------------------
+    def save_model(self, model, *, arch: str, arch_kwargs: dict, dataset, metrics: dict | None = None,
+                   extra: dict | None = None, prefix: str = "model") -> Path:
+        from .artifacts import save_model
+
+        info = json.loads((self.dir / "run.json").read_text())
+        return save_model(self.dir, model, arch=arch, arch_kwargs=arch_kwargs, dataset=dataset,
+                          method=self.method, metrics=metrics, extra=extra, prefix=prefix,
+                          provenance={k: info.get(k) for k in ("plugin", "plugin_version", "toolbox_version", "recipe_hash")})
+
+    def save_images(self, name: str, images, *, mean, std, nrow: int | None = None) -> Path:
+        from .images import save_grid
+
+        return save_grid(self.dir / "images" / f"{name}.png", images, mean=mean, std=std, nrow=nrow)
+
+    def save_figure(self, name: str, fig) -> Path:
+        path = self.dir / "images" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        return path
+
+    def record(self, **info) -> None:
+        path = self.dir / "run.json"
+        data = json.loads(path.read_text())
+        data.setdefault("records", {}).update({k: _jsonable(v) for k, v in info.items()})
+        atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def _jsonable(v):
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        return v.item()
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+# --- executing a method ------------------------------------------------------------------------
+
+
+def _default_dir(verb: str, method: str, recipe) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    dataset = getattr(getattr(recipe, "data", None), "dataset", None)
+    base = Path("runs") / "-".join(x for x in (verb, method, dataset, stamp) if x)
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def execute(verb: str, method_name: str, recipe_ref: str | None = None, overrides=(), out: str | Path | None = None,
+            device: str | None = "auto", resume: str | Path | None = None) -> tuple[Path, dict]:
+    """Run ``method_name`` through ``verb`` (train/distill/condense) and return (run dir, final metrics)."""
+    from . import plugins, recipes
+
+    pm = plugins.load()
+    if resume is not None:
+        run_dir = Path(resume)
+        info_path = run_dir / "run.json"
+        if not info_path.is_file():
+            raise UsageError(f"{run_dir} is not a run directory (no run.json); pass the folder a run wrote")
+        info = json.loads(info_path.read_text())
+        if info.get("status") == "finished":
+            raise UsageError(f"run {run_dir} already finished; nothing to resume")
+        verb, method_name = info["verb"], info["method"]
+        method = pm.registry.method(method_name, verb)
+        recipe, text = recipes.load_recipe(method, str(run_dir / "recipe.yaml"), ())
+    else:
+        method = pm.registry.method(method_name, verb)
+        recipe, text = recipes.load_recipe(method, recipe_ref, overrides)
+        run_dir = Path(out) if out else _default_dir(verb, method_name, recipe)
+        if (run_dir / "run.json").exists():
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    dev = resolve_device(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        atomic_write_text(run_dir / "recipe.yaml", text)
+        plugin = pm.plugin_info(method.plugin)
+        atomic_write_text(run_dir / "run.json", json.dumps({
+            "method": method_name, "verb": verb, "plugin": method.plugin,
+            "distribution": plugin.dist if plugin else None,
+            "plugin_version": plugin.version if plugin else None, "toolbox_version": __version__,
+            "seed": recipe.seed, "device": str(dev), "command": sys.argv,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "recipe_hash": recipes.recipe_hash(text), "status": "running",
+        }, indent=2))
+    run = Run(run_dir, recipe, method_name, verb, dev, resumed=resume is not None)
+    _set_status(run_dir, "running", device=str(dev))
+    try:
+        metrics = pm.call(verb, method, recipe=recipe, run=run)
+    except KeyboardInterrupt:
+        _set_status(run_dir, "interrupted")
+        raise RunError(f"interrupted; continue from the last checkpoint with: toolbox {verb} --resume {run_dir}") from None
+    except BaseException:
+        _set_status(run_dir, "failed")
+        raise
+    metrics = {k: _jsonable(v) for k, v in (metrics or {}).items()}
+    atomic_write_text(run_dir / "summary.json", json.dumps(metrics, indent=2))
+    _set_status(run_dir, "finished")
+    return run_dir, metrics
+
+
+def _set_status(run_dir: Path, status: str, **extra) -> None:
+    path = run_dir / "run.json"
+    data = json.loads(path.read_text())
+    data.update(status=status, **extra)
+    atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def cached_run(verb: str, method: str, recipe: str | None = None, overrides=(), device: str | None = "auto") -> Path:
+    """Run a method once per resolved recipe and reuse the finished run (e.g. a default teacher)."""
+    from . import plugins, recipes
+
+    m = plugins.load().registry.method(method, verb)
+    _, text = recipes.load_recipe(m, recipe, overrides)
+    run_dir = toolbox_home() / "cache" / "runs" / f"{method}-{recipes.recipe_hash(text)[:16]}"
+    info = run_dir / "run.json"
+    if info.exists():
+        status = json.loads(info.read_text()).get("status")
+        if status == "finished":
+            return run_dir
+        return execute(verb, method, device=device, resume=run_dir)[0]
+    return execute(verb, method, recipe, overrides, out=run_dir, device=device)[0]
+
+
+@contextlib.contextmanager
+def threads(n: int | None):
+    """Set torch's intra-op thread count for a block (small nets are often faster on one thread)."""
+    import torch
+
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
