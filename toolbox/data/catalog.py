@@ -1,0 +1,51 @@
+"""Core's datasets: names, shapes, class counts and normalisation statistics.
+
+Imported while plugins load, so nothing here imports torch or numpy: the readers are named as
+"module:function" strings and imported on first load.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ..registry import DatasetSpec
+from . import download
+
+READERS = "toolbox.data.readers"
+
+# Per-channel mean/std of the training images in [0, 1]. Digits': computed on the fixed train split
+# (tests recompute them). The others are the values the papers' code uses (CIFAR-10's std is the
+# widely copied (0.2023, 0.1994, 0.2010) of the ZSKT code, kept for comparability).
+_STATS = {
+    "digits": ((0.3049,), (0.3758,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2861,), (0.3530,)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _on_disk(name: str, num_classes: int, shape: tuple[int, int, int], summary: str) -> DatasetSpec:
+    mean, std = _STATS[name]
+    return DatasetSpec(
+        name=name, num_classes=num_classes, shape=shape, mean=mean, std=std,
+        load=f"{READERS}:load_{name.replace('-', '_')}", summary=summary, folder=name,
+        files=download.file_names(name),
+        is_present=partial(download.present, name), location=partial(download.location, name),
+    )
+
+
+def datasets() -> list[DatasetSpec]:
+    mean, std = _STATS["digits"]
+    return [
+        DatasetSpec(
+            name="digits", num_classes=10, shape=(1, 8, 8), mean=mean, std=std, load=f"{READERS}:load_digits",
+            summary="scikit-learn's 8x8 digits (embedded): 1352 train / 445 test, fixed stratified split",
+        ),
+        _on_disk("mnist", 10, (1, 28, 28), "MNIST handwritten digits, 60k train / 10k test (IDX files)"),
+        _on_disk("fashion-mnist", 10, (1, 28, 28), "Fashion-MNIST clothing, 60k train / 10k test (IDX files)"),
+        _on_disk("svhn", 10, (3, 32, 32), "SVHN house numbers, 73,257 train / 26,032 test (.mat files)"),
+        _on_disk("cifar10", 10, (3, 32, 32), "CIFAR-10, 50k train / 10k test (binary version)"),
+        _on_disk("cifar100", 100, (3, 32, 32), "CIFAR-100 fine labels, 50k train / 10k test (binary version)"),
+    ]
