@@ -124,7 +124,7 @@ def fetch(url: str, dest: Path, md5: str) -> None:
     import urllib.request
 
     from rich.console import Console
-    from rich.progress import wrap_file
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
@@ -132,12 +132,14 @@ def fetch(url: str, dest: Path, md5: str) -> None:
         digest = hashlib.md5(usedforsecurity=False)  # integrity against the published sums, not security
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            console = Console(stderr=True)
-            with wrap_file(response, total=total, description=f"downloading {dest.name}",
-                           console=console, transient=True) as stream:
-                for chunk in iter(lambda: stream.read(1 << 20), b""):
+            with Progress(TextColumn("downloading {task.description}"), BarColumn(), DownloadColumn(),
+                          TransferSpeedColumn(), console=Console(stderr=True), transient=True,
+                          disable=os.environ.get("TOOLBOX_NO_PROGRESS") == "1") as bar:
+                task = bar.add_task(dest.name, total=total)
+                for chunk in iter(lambda: response.read(1 << 20), b""):
                     digest.update(chunk)
                     out.write(chunk)
+                    bar.advance(task, len(chunk))
         if digest.hexdigest() != md5:
             raise RunError(f"checksum mismatch for {dest.name} downloaded from {url} (md5 {digest.hexdigest()}, "
                            f"expected {md5}); the file was discarded, run again or fetch it by hand into {dest.parent}")
