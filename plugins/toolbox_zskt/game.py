@@ -1,0 +1,91 @@
+"""One ZSKT iteration: a generator step that seeks student-teacher disagreement, then student steps.
+
+The maths is the reference code's; the work is not. The reference regenerates x = G(z) with autograd
+for every one of the 1 + 10 steps and runs the teacher with weight gradients. Here x is generated once
+for the student steps and detached (the generator is not updated during them, so every regeneration
+would give the same x), the teacher's outputs on it are computed once, and the teacher's weights get
+no gradients. The generator step also skips the student's weight gradients, which it never uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from toolbox.losses import attention_loss, kl_mean
+
+
+def student_loss(s_logits, s_feats, t_logits, t_feats, beta: float, temperature: float = 1.0):
+    """KL(T || S) (mean over batch and classes) + beta * sum over groups of AT(s, t)."""
+    at = sum(attention_loss(s.float(), t.float()) for s, t in zip(s_feats, t_feats))
+    return kl_mean(s_logits.float(), t_logits.float(), temperature) + beta * at
+
+
+def generator_loss(s_logits, t_logits, temperature: float = 1.0):
+    """-KL(T || S): the generator looks for images on which the student disagrees with the teacher."""
+    return -kl_mean(s_logits.float(), t_logits.float(), temperature)
+
+
+@dataclass
+class Game:
+    generator: torch.nn.Module
+    student: torch.nn.Module
+    teacher: torch.nn.Module  # frozen (networks.freeze)
+    opt_generator: torch.optim.Optimizer
+    opt_student: torch.optim.Optimizer
+    sched_generator: torch.optim.lr_scheduler.LRScheduler
+    sched_student: torch.optim.lr_scheduler.LRScheduler
+    beta: float = 250.0
+    temperature: float = 1.0
+    grad_clip: float = 5.0
+    generator_steps: int = 1
+    student_steps: int = 10
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    # forward passes, possibly torch.compile'd: (x) -> image batch / (logits, [group outputs])
+    generate: Callable | None = None
+    student_features: Callable | None = None
+    teacher_features: Callable | None = None
+
+    def __post_init__(self):
+        self.generate = self.generate or self.generator
+        self.student_features = self.student_features or self.student.forward_features
+        self.teacher_features = self.teacher_features or self.teacher.forward_features
+
+    def step(self, z) -> dict:
+        """One iteration on noise z (the same z for the generator step and all student steps).
+        Returns the last generator and student losses (tensors) and the images the student saw."""
+        self.generator.train()
+        self.student.train()  # also during the generator step: the student's BN statistics follow G's images
+        self.student.requires_grad_(False)
+        try:
+            for _ in range(self.generator_steps):
+                with self.autocast():
+                    x = self.generate(z)
+                    s_logits, _ = self.student_features(x)
+                    t_logits, _ = self.teacher_features(x)
+                loss_g = generator_loss(s_logits, t_logits, self.temperature)
+                self.opt_generator.zero_grad(set_to_none=True)
+                loss_g.backward()
+                torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
+                self.opt_generator.step()
+        finally:
+            self.student.requires_grad_(True)
+
+        with torch.no_grad(), self.autocast():
+            x = self.generate(z)
+            t_logits, t_feats = self.teacher_features(x)
+        for _ in range(self.student_steps):
+            with self.autocast():
+                s_logits, s_feats = self.student_features(x)
+            loss_s = student_loss(s_logits, s_feats, t_logits, t_feats, self.beta, self.temperature)
+            self.opt_student.zero_grad(set_to_none=True)
+            loss_s.backward()
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.grad_clip)
+            self.opt_student.step()
+
+        self.sched_generator.step()
+        self.sched_student.step()
+        return {"loss_generator": loss_g.detach(), "loss_student": loss_s.detach(), "images": x}

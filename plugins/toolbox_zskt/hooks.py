@@ -1,0 +1,50 @@
+"""ZSKT's hooks: registration and dispatch only (no torch at import)."""
+
+from toolbox.hookspecs import hookimpl
+from toolbox.registry import Method, Option
+
+
+def _schema():
+    from .recipe import ZSKTRecipe
+
+    return ZSKTRecipe
+
+
+@hookimpl
+def register_methods(register):
+    register(Method(
+        name="zskt",
+        verbs=("train", "distill", "evaluate"),
+        summary="Zero-shot knowledge transfer by adversarial belief matching: a student learns from a teacher "
+                "without any real training image (Micaelli & Storkey 2019)",
+        schema=_schema,
+        default_recipe="zskt/digits",
+        options={
+            "teacher": Option("teacher.source", "teacher run dir, model folder or hf-hub:org/name@rev"),
+            "student": Option("student.arch", "student architecture (a wrn-*)"),
+            "dataset": Option("data.dataset", "dataset whose test split measures the student"),
+            "iterations": Option("iterations", "number of generator/student iterations"),
+        },
+        paper="arXiv:1905.09768",
+    ))
+
+
+@hookimpl
+def train(method, recipe, run):
+    from .method import train_zskt
+
+    return train_zskt(recipe, run)
+
+
+@hookimpl
+def distill(method, recipe, run):
+    from .method import train_zskt
+
+    return train_zskt(recipe, run)
+
+
+@hookimpl
+def evaluate(method, source, options, device, out):
+    from .evaluation import evaluate_student
+
+    return evaluate_student(source, options, device, out)

@@ -1,0 +1,166 @@
+"""A ZSKT run: set up teacher, student and generator, play the game, evaluate, checkpoint, save.
+
+The student never reads the dataset's training split: only the test split is used, to measure it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from toolbox import data
+from toolbox.errors import UsageError
+from toolbox.evaluation import accuracy, predict
+
+from .game import Game
+from .generator import Generator
+from .networks import build_student, check_pair, load_teacher
+
+PAPER = "Micaelli & Storkey, Zero-shot Knowledge Transfer via Adversarial Belief Matching, NeurIPS 2019 (arXiv:1905.09768)"
+
+
+def speed_settings(speed, device) -> dict:
+    """The recipe's speed switches resolved for this device (``auto`` = on for CUDA only)."""
+    cuda = device.type == "cuda"
+
+    def on(value) -> bool:
+        return cuda if value == "auto" else bool(value)
+
+    amp = speed.amp if speed.amp != "auto" else ("bf16" if cuda else "fp32")
+    return {"channels_last": on(speed.channels_last), "amp": amp, "compile": on(speed.compile)}
+
+
+def _cosine(optimizer, total: int):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0.0)
+
+
+def prediction_health(student, test_x, test_y, teacher, num_classes: int, device) -> dict:
+    """Final accuracy, agreement with the teacher, and whether the student collapsed: a student that
+    (almost) always predicts one class, or sits near chance, means the adversarial game failed."""
+    s_pred = predict(student, test_x, device=device).argmax(1)
+    t_pred = predict(teacher, test_x, device=device).argmax(1)
+    acc = (s_pred == test_y).float().mean().item()
+    dominant = torch.bincount(s_pred, minlength=num_classes).max().item() / len(s_pred)
+    collapsed = dominant >= 0.5 or acc < 2.0 / num_classes
+    out = {"accuracy": acc, "teacher_accuracy": (t_pred == test_y).float().mean().item(),
+           "agreement": (s_pred == t_pred).float().mean().item(), "dominant_class_fraction": dominant,
+           "collapsed": collapsed}
+    if collapsed:
+        out["warning"] = (f"the student collapsed: {dominant:.0%} of test images get one class and accuracy is {acc:.1%} "
+                          f"(chance {1 / num_classes:.0%}); the adversarial game failed, try a lower learning rate or "
+                          "more iterations")
+    return out
+
+
+def train_zskt(recipe, run) -> dict:
+    device = run.device
+    real = data.load(recipe.data.dataset)
+    spec = real.spec
+    teacher_loaded = load_teacher(recipe.teacher.source, recipe.teacher.recipe, device)
+    teacher = teacher_loaded.model
+    _check_teacher_dataset(teacher_loaded.config, spec)
+    student = build_student(recipe.student.arch, recipe.student.kwargs, spec).to(device)
+    check_pair(teacher, student, spec.shape, teacher_loaded.config["architecture"], recipe.student.arch)
+    c, _, w = spec.shape
+    generator = Generator(recipe.generator.z_dim, out_channels=c, image_size=w).to(device)
+    teacher_info = {**teacher_loaded.source.describe(), "architecture": teacher_loaded.config["architecture"],
+                    "accuracy": (teacher_loaded.config.get("metrics") or {}).get("accuracy")}
+    if not recipe.teacher.source:
+        teacher_info["recipe"] = recipe.teacher.recipe
+    speed = speed_settings(recipe.speed, device)
+    run.record(teacher=teacher_info, speed=speed)
+
+    n = recipe.iterations
+    opt_g = torch.optim.Adam(generator.parameters(), lr=recipe.optim.generator_lr)
+    opt_s = torch.optim.Adam(student.parameters(), lr=recipe.optim.student_lr)
+    sched_g, sched_s = _cosine(opt_g, n), _cosine(opt_s, n)
+    start = 0
+    state = run.load_checkpoint()
+    if state is not None:
+        generator.load_state_dict(state["generator"])
+        student.load_state_dict(state["student"])
+        opt_g.load_state_dict(state["opt_generator"])
+        opt_s.load_state_dict(state["opt_student"])
+        sched_g.load_state_dict(state["sched_generator"])
+        sched_s.load_state_dict(state["sched_student"])
+        start = state["step"]
+
+    game = _game(recipe, speed, generator, student, teacher, opt_g, opt_s, sched_g, sched_s)
+    z_rng = run.generator("z", device)
+    test_x, test_y = real.normalize(real.test_x), real.test_y
+    eval_every = recipe.eval_every or max(1, n // 100)
+    sample_every = recipe.sample_every or max(1, n // 10)
+    checkpoint_every = recipe.checkpoint_every or max(1, n // 10)
+    out = None
+    title = f"zskt {teacher_loaded.config['architecture']} -> {recipe.student.arch} on {spec.name}"
+    with run.progress(n, title, start=start) as bar:
+        for it in range(start, n):
+            z = torch.randn(recipe.batch_size, recipe.generator.z_dim, generator=z_rng, device=device)
+            out = game.step(z)
+            run.check_finite(out["loss_generator"], it)
+            run.check_finite(out["loss_student"], it)
+            done = it + 1
+            shown = {}
+            if done % eval_every == 0 or done == n:
+                shown = {"accuracy": accuracy(student, test_x, test_y, device=device),
+                         "loss_student": out["loss_student"].item(), "loss_generator": out["loss_generator"].item()}
+                run.log(done, **shown, lr_student=sched_s.get_last_lr()[0], lr_generator=sched_g.get_last_lr()[0])
+            if done % sample_every == 0 and done < n:
+                run.save_images(f"samples-{done:07d}", out["images"][:64], mean=spec.mean, std=spec.std)
+            if done % checkpoint_every == 0 and done < n:
+                run.save_checkpoint({"generator": generator.state_dict(), "student": student.state_dict(),
+                                     "opt_generator": opt_g.state_dict(), "opt_student": opt_s.state_dict(),
+                                     "sched_generator": sched_g.state_dict(), "sched_student": sched_s.state_dict()},
+                                    done)
+            bar.update(1, **shown)
+    if out is not None:
+        run.save_images("samples", out["images"][:64], mean=spec.mean, std=spec.std)
+
+    final = prediction_health(student, test_x, test_y, teacher, spec.num_classes, device)
+    if final["collapsed"]:
+        run.log(n, warning=final["warning"])
+        _warn(final["warning"])
+    final["iterations"] = n
+    run.save_model(student, arch=recipe.student.arch, arch_kwargs=recipe.student.kwargs, dataset=spec,
+                   metrics={k: v for k, v in final.items() if isinstance(v, float)},
+                   extra={"teacher": teacher_info,
+                          "zskt": {"paper": PAPER, "iterations": n, "batch_size": recipe.batch_size,
+                                   "student_steps": recipe.student_steps, "beta": recipe.loss.beta,
+                                   "student_lr": recipe.optim.student_lr, "generator_lr": recipe.optim.generator_lr,
+                                   "real_training_images_seen": 0}})
+    return final
+
+
+def _check_teacher_dataset(config: dict, spec) -> None:
+    if config.get("dataset") != spec.name or tuple(config["input_shape"]) != tuple(spec.shape):
+        raise UsageError(f"the teacher was trained on {config.get('dataset')} {config['input_shape']} but data.dataset is "
+                         f"{spec.name} {list(spec.shape)}; use a teacher of this dataset or set data.dataset")
+    if config["num_classes"] != spec.num_classes:
+        raise UsageError(f"the teacher predicts {config['num_classes']} classes but {spec.name} has {spec.num_classes}")
+
+
+def _game(recipe, speed, generator, student, teacher, opt_g, opt_s, sched_g, sched_s) -> Game:
+    if speed["channels_last"]:
+        for m in (generator, student, teacher):
+            m.to(memory_format=torch.channels_last)
+    autocast = contextlib.nullcontext
+    if speed["amp"] == "bf16":
+        device_type = next(student.parameters()).device.type
+
+        def autocast():
+            return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    compiled = {}
+    if speed["compile"]:
+        compiled = {"generate": torch.compile(generator), "student_features": torch.compile(student.forward_features),
+                    "teacher_features": torch.compile(teacher.forward_features)}
+    return Game(generator, student, teacher, opt_g, opt_s, sched_g, sched_s, beta=recipe.loss.beta,
+                temperature=recipe.loss.temperature, grad_clip=recipe.optim.grad_clip,
+                generator_steps=recipe.generator_steps, student_steps=recipe.student_steps, autocast=autocast,
+                **compiled)
+
+
+def _warn(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold yellow]warning:[/] {message}")

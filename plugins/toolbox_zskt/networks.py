@@ -1,0 +1,75 @@
+"""The teacher and the student of a ZSKT run: where the teacher comes from, and whether the pair fits.
+
+Attention transfer needs both networks to expose the same number of group outputs with matching
+spatial sizes, and belief matching needs the same classes; each mismatch is one line naming the fix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from toolbox import artifacts
+from toolbox.errors import UsageError
+from toolbox.registry import current
+from toolbox.runs import cached_run
+
+
+def load_teacher(source: str, default_recipe: str, device):
+    """-> artifacts.Loaded, frozen in eval mode. ``source`` empty: the supervised ``default_recipe``,
+    trained once and then reused from the run cache."""
+    if not source:
+        # the nested run reseeds the global RNG; fork it so this run's student initialisation is the
+        # same whether the teacher was trained just now or came from the cache
+        with torch.random.fork_rng(devices=[]):
+            source = str(cached_run("train", "supervised", recipe=default_recipe, device=str(device)))
+    try:
+        loaded = artifacts.load_model(source, device=device)
+    except UsageError as e:
+        raise UsageError(f"teacher.source: {e}") from None
+    freeze(loaded.model)
+    return loaded
+
+
+def freeze(model) -> None:
+    """Eval mode (BN uses its running statistics) and no parameter gradients: gradients still flow
+    through the teacher to its input (the generator step), but none are computed for its weights."""
+    model.eval()
+    model.requires_grad_(False)
+
+
+def build_student(arch: str, kwargs: dict, spec):
+    c, _, w = spec.shape
+    return current().architecture(arch)(num_classes=spec.num_classes, in_channels=c, image_size=w, **kwargs)
+
+
+def check_pair(teacher, student, input_shape, teacher_arch: str = "teacher", student_arch: str = "student") -> None:
+    """Raise UsageError (one line) unless ``student`` can learn from ``teacher`` by ZSKT."""
+    if student is teacher or any(p is q for p in student.parameters() for q in teacher.parameters()):
+        raise UsageError("the student is the teacher (shared weights): ZSKT needs a separate student, otherwise the "
+                         "generator gets no signal and nothing is transferred")
+    for role, model, arch in (("teacher", teacher, teacher_arch), ("student", student, student_arch)):
+        if not callable(getattr(model, "forward_features", None)):
+            raise UsageError(f"{role} architecture '{arch}' exposes no group outputs (forward_features) for attention "
+                             "transfer; use a WideResNet (wrn-*)")
+    t_logits, t_feats = _probe(teacher, input_shape)
+    s_logits, s_feats = _probe(student, input_shape)
+    if t_logits.shape[1] != s_logits.shape[1]:
+        raise UsageError(f"teacher '{teacher_arch}' predicts {t_logits.shape[1]} classes but student '{student_arch}' "
+                         f"{s_logits.shape[1]}; build the student for the teacher's dataset")
+    t_sizes = [tuple(f.shape[2:]) for f in t_feats]
+    s_sizes = [tuple(f.shape[2:]) for f in s_feats]
+    if t_sizes != s_sizes:
+        raise UsageError(f"attention maps do not match: teacher '{teacher_arch}' groups give {t_sizes}, student "
+                         f"'{student_arch}' {s_sizes}; pair networks with the same number of groups and strides")
+
+
+def _probe(model, input_shape):
+    """Logits and features of a two-image batch, without touching BN statistics or the train/eval mode."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model.forward_features(torch.zeros(2, *input_shape, device=device))
+    finally:
+        model.train(was_training)
