@@ -20,12 +20,12 @@ import copy
 import time
 
 import torch
-
-from toolbox.losses import attention_loss, kl_mean
-from toolbox.registry import current
 from toolbox_zskt.game import Game
 from toolbox_zskt.generator import Generator
 from toolbox_zskt.networks import freeze
+
+from toolbox.losses import attention_loss, kl_mean
+from toolbox.registry import current
 
 
 def reference_step(generator, student, teacher, opt_g, opt_s, sched_g, sched_s, z, beta=250.0, clip=5.0,
@@ -71,11 +71,11 @@ def optimisers(generator, student, iterations: int):
             torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, iterations))
 
 
-def timed(fn, device):
+def timed(device, fn, *args):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     cpu, wall = time.process_time(), time.perf_counter()
-    fn()
+    fn(*args)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.process_time() - cpu, time.perf_counter() - wall
@@ -105,9 +105,9 @@ def main(argv=None) -> float:
     ref_cpu = ref_wall = ours_cpu = ours_wall = 0.0
     for _ in range(args.iters):
         z = torch.randn(args.batch, 100, generator=z_rng, device=device)
-        c, w = timed(lambda: reference_step(*ref_nets, *ref_opt, z), device)
+        c, w = timed(device, reference_step, *ref_nets, *ref_opt, z)
         ref_cpu, ref_wall = ref_cpu + c, ref_wall + w
-        c, w = timed(lambda: game.step(z), device)
+        c, w = timed(device, game.step, z)
         ours_cpu, ours_wall = ours_cpu + c, ours_wall + w
     drift = max((a - b).abs().max().item() for a, b in zip(ref_nets[1].parameters(), ours_nets[1].parameters()))
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from toolbox.errors import UsageError
-from toolbox.models.wrn import WideResNet
 from toolbox_zskt.game import Game, generator_loss, student_loss
 from toolbox_zskt.generator import Generator
 from toolbox_zskt.networks import check_pair, freeze
 from toolbox_zskt.transition import agreeing_indices, mean_transition_error, transition_curves
+
+from toolbox.errors import UsageError
+from toolbox.models.wrn import WideResNet
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from toolbox_zskt.game import Game
 
 import toolbox.data
 from toolbox import artifacts, plugins, runs
 from toolbox.errors import RunError
-from toolbox_zskt.game import Game
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
