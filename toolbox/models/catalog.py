@@ -5,6 +5,9 @@ from ..registry import Architecture
 WRN = "toolbox.models.wrn:WideResNet"
 CONVNET = "toolbox.models.convnet:ConvNet"
 MLP = "toolbox.models.small:MLP"
+VIT = "toolbox.models.vit:ViT"
+# dim 64, depth 4, patch 2 on 8x8 digits: the small-data setting of the SPT/LSA digits check
+VIT_TINY = {"patch_size": 2, "dim": 64, "depth": 4, "heads": 4, "dim_head": 16, "mlp_dim": 128}
 
 
 def architectures() -> list[Architecture]:
@@ -21,5 +24,14 @@ def architectures() -> list[Architecture]:
         Architecture("convnet-ln", CONVNET, "ConvNet-3 with layer norm", {"norm": "layernorm"}),
         Architecture("convnet-nonorm", CONVNET, "ConvNet-3 without normalisation", {"norm": "none"}),
         Architecture("mlp", MLP, "two-hidden-layer ReLU MLP (256 units), for quick CPU recipes"),
+    ]
+    archs += [
+        Architecture("vit", VIT, "ViT as in the SPT/LSA paper's CIFAR runs: patch 4, dim 192, depth 9, 12 heads"),
+        Architecture("vit-spt-lsa", VIT, "the paper's ViT with shifted patch tokens and locality self-attention",
+                     {"spt": True, "lsa": True}),
+        Architecture("vit-tiny", VIT, "ViT dim 64 depth 4 patch 2 (small images)", VIT_TINY),
+        Architecture("vit-spt-tiny", VIT, "vit-tiny with shifted patch tokenization", {**VIT_TINY, "spt": True}),
+        Architecture("vit-lsa-tiny", VIT, "vit-tiny with locality self-attention", {**VIT_TINY, "lsa": True}),
+        Architecture("vit-spt-lsa-tiny", VIT, "vit-tiny with SPT and LSA", {**VIT_TINY, "spt": True, "lsa": True}),
     ]
     return archs
