@@ -1,0 +1,1 @@
+"""FDS: forward-mode differentiation with hyperparameter sharing (Micaelli & Storkey, NeurIPS 2021)."""
