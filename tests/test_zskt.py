@@ -218,3 +218,30 @@ def test_agreeing_indices_keep_test_order_and_the_limit():
     idx, classes = agreeing_indices(student, teacher, x, limit=5, batch_size=7)
     assert torch.equal(idx, agree[:5])
     assert torch.equal(classes, teacher(x[idx]).argmax(1))
+
+
+# --- collapse detection -------------------------------------------------------------------------
+
+
+class _Constant(torch.nn.Module):
+    """Predicts class ``cls`` for every image."""
+
+    def __init__(self, cls):
+        super().__init__()
+        self.cls = cls
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 10)
+        logits[:, self.cls] = 1.0
+        return logits
+
+
+def test_a_student_that_predicts_one_class_is_reported_as_collapsed():
+    from toolbox_zskt.method import prediction_health
+
+    x, y = torch.randn(50, 1, 8, 8), torch.arange(50) % 10
+    health = prediction_health(_Constant(3), x, y, _Constant(3), 10, torch.device("cpu"))
+    assert health["collapsed"] and health["dominant_class_fraction"] == 1.0
+    assert health["accuracy"] == pytest.approx(0.1) and health["agreement"] == 1.0
+    assert "collapsed" in health["warning"] and "100%" in health["warning"]

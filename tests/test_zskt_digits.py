@@ -124,3 +124,12 @@ def test_student_without_group_outputs_is_one_line_usage_error(digits_teacher, t
     result = _cli("--teacher", str(digits_teacher), "--student", "mlp", "--out", str(tmp_path / "run"))
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0 and "'mlp' exposes no group outputs" in result.output
+
+
+def test_distill_verb_runs_the_same_method(digits_teacher, tmp_path):
+    run_dir, metrics = runs.execute("distill", "zskt", "zskt/digits",
+                                    [f"teacher.source={digits_teacher}", "student.arch=wrn-10-1", "iterations=2",
+                                     "batch_size=8", "student_steps=1"], out=tmp_path / "d", device="cpu")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["verb"] == "distill" and info["status"] == "finished"
+    assert metrics["iterations"] == 2 and (run_dir / "model.safetensors").is_file()
