@@ -5,12 +5,12 @@ import weakref
 
 import pytest
 import torch
-
-from toolbox import data
-from toolbox.registry import current
 from toolbox_fds.flatnet import FlatNet
 from toolbox_fds.forward_mode import Hypers, batches, hypergradient, unroll, validation_gradient
 from toolbox_fds.outer import SignSteps
+
+from toolbox import data
+from toolbox.registry import current
 
 
 def _setup(dtype, steps_epochs=2, hidden=32):
@@ -116,6 +116,7 @@ def test_learns_a_schedule_from_zero_learning_rates_to_95_percent(tmp_path):
 
 def test_resumed_run_learns_the_same_schedule(tmp_path, monkeypatch):
     import toolbox_fds.method as method
+
     from toolbox.errors import RunError
 
     short = ["outer_steps=4", "inner_epochs=2"]
@@ -137,3 +138,18 @@ def test_resumed_run_learns_the_same_schedule(tmp_path, monkeypatch):
     a, b = (json.loads((tmp_path / n / "schedule.json").read_text()) for n in ("straight", "cut"))
     assert a["learning_rates"] == b["learning_rates"] and a["history"] == b["history"]
     assert [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_supervised_recipes_can_train_with_a_learned_schedule_file(tmp_path):
+    """schedule.kind=file: the k-th learning rate of schedule.json holds for the k-th quarter of training."""
+    from toolbox.runs import execute
+    from toolbox_fds.schedule import write_schedule
+
+    (tmp_path / "fds-run").mkdir()
+    write_schedule(tmp_path / "fds-run" / "schedule.json", [0.2, 0.1, 0.05, 0.01], momentum=0.9, weight_decay=0.0)
+    run_dir, metrics = execute("train", "supervised", "supervised/digits", out=tmp_path / "sup", device="cpu", overrides=[
+        "model.arch=mlp", "epochs=4", "schedule.kind=file", f"schedule.file={tmp_path / 'fds-run'}"])
+    # 4 epochs x 22 steps: each epoch is one window; the logged lr is the one for the next step
+    lrs = [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.1, 0.05, 0.01, 0.01])
+    assert metrics["accuracy"] > 0.9

@@ -10,6 +10,13 @@ def _schema():
     return FDSRecipe
 
 
+def _choose(values: dict) -> list[str]:
+    dataset = values.get("dataset", "digits")
+    arch = values.get("arch")
+    slug = arch.replace("wrn-", "wrn").replace("-", "_") if arch else None
+    return ([f"fds/{dataset}-{slug}"] if slug else []) + [f"fds/{dataset}"]
+
+
 @hookimpl
 def register_methods(register):
     register(Method(
@@ -19,7 +26,7 @@ def register_methods(register):
                 "shared over windows of the horizon, then retrain with it (Micaelli & Storkey 2021)",
         schema=_schema,
         default_recipe="fds/digits",
-        choose_recipe=lambda values: [f"fds/{values.get('dataset', 'digits')}"],
+        choose_recipe=_choose,
         options={
             "dataset": Option("data.dataset", "dataset name (see `toolbox datasets`)"),
             "arch": Option("model.arch", "architecture (see `toolbox models`)"),

@@ -19,7 +19,7 @@ class Data(Section):
 
 class Model(Section):
     arch: str = "mlp"
-    kwargs: dict = {"hidden": 64, "depth": 1}
+    kwargs: dict = {}
 
 
 class Hyper(Section):

@@ -26,9 +26,12 @@ class Optim(Section):
 
 
 class Schedule(Section):
-    kind: Literal["step", "cosine", "constant"] = "cosine"
+    kind: Literal["step", "cosine", "constant", "file"] = "cosine"
     milestones: list[int] = []  # epochs, for kind=step
     gamma: float = 0.2
+    # kind=file: learning rates over equal windows of training, from a schedule.json (e.g. learned by
+    # `toolbox train fds`) or a run directory holding one; optim.lr is then only a positive placeholder
+    file: str | None = None
 
 
 class SupervisedRecipe(RecipeBase):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +49,28 @@ def _scheduler(recipe, optimizer, steps_per_epoch: int):
     if s.kind == "step":
         milestones = [m * steps_per_epoch for m in s.milestones]
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: s.gamma ** sum(step >= m for m in milestones))
+    if s.kind == "file":
+        lrs = _windowed_learning_rates(s.file)
+        if recipe.optim.lr <= 0:
+            raise UsageError("schedule.kind=file scales optim.lr: set optim.lr to any positive value")
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lrs[min(len(lrs) * step // total, len(lrs) - 1)] / recipe.optim.lr)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _windowed_learning_rates(ref: str | None) -> list[float]:
+    """The ``learning_rates`` list of a schedule file (or of a run directory's schedule.json)."""
+    path = Path(ref or "")
+    path = path / "schedule.json" if path.is_dir() else path
+    if not ref or not path.is_file():
+        raise UsageError(f"schedule.file '{ref}' is not a schedule.json or a run directory holding one")
+    try:
+        lrs = [float(v) for v in json.loads(path.read_text())["learning_rates"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path} has no usable 'learning_rates' list ({e})") from None
+    if not lrs:
+        raise UsageError(f"{path} lists no learning rates")
+    return lrs
 
 
 def build_model(arch_name: str, kwargs: dict, spec):
