@@ -10,9 +10,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# What the reference writes into masked logits: finite, so the softmax stays NaN-free in half precision.
-MASKED_LOGIT = -987654321.0
-
 
 def _init_weights(m):
     if isinstance(m, nn.Linear):
@@ -84,7 +81,8 @@ class Attention(nn.Module):
         logits = (q @ k.transpose(-1, -2)) * self.scale.view(1, -1, 1, 1)
         if self.lsa:
             eye = torch.eye(n, dtype=torch.bool, device=x.device)
-            logits = logits.masked_fill(eye, MASKED_LOGIT)
+            # the dtype's lowest finite value rather than -inf: exp underflows to exactly 0 either way
+            logits = logits.masked_fill(eye, torch.finfo(logits.dtype).min)
         return logits.softmax(dim=-1), v
 
     def forward(self, x):
