@@ -50,9 +50,12 @@ class Game:
     teacher_features: Callable | None = None
 
     def __post_init__(self):
-        self.generate = self.generate or self.generator
-        self.student_features = self.student_features or self.student.forward_features
-        self.teacher_features = self.teacher_features or self.teacher.forward_features
+        if self.generate is None:
+            self.generate = self.generator
+        if self.student_features is None:
+            self.student_features = self.student.forward_features
+        if self.teacher_features is None:
+            self.teacher_features = self.teacher.forward_features
 
     def step(self, z) -> dict:
         """One iteration on noise z (the same z for the generator step and all student steps).
