@@ -1,0 +1,81 @@
+"""``toolbox evaluate <condensation run>``: the condensed set, and optionally the coreset baselines,
+under one evaluation protocol (the one stored with the run unless options change it)."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from toolbox.errors import UsageError
+
+from .evaluator import Protocol, evaluate_set
+
+OPTIONS = ("models", "epochs", "augment", "seed", "baselines", "metric")
+
+
+def _protocol(config: dict, options: dict) -> Protocol:
+    stored = config.get("protocol") or {}
+    protocol = Protocol(**{f.name: stored[f.name] for f in fields(Protocol) if f.name in stored})
+    changes = {}
+    for key in ("models", "epochs"):
+        if options.get(key) is not None:
+            try:
+                changes[key] = int(options[key])
+            except ValueError:
+                raise UsageError(f"--{key} must be an integer, got '{options[key]}'") from None
+    if options.get("augment") is not None:
+        changes["augment"] = options["augment"]
+    return replace(protocol, **changes)
+
+
+def evaluate_condensed(source, options: dict, device) -> dict:
+    import torch
+
+    from toolbox.artifacts import CONDENSED_FORMAT, load_synthetic, read_config
+    from toolbox.data import load
+    from toolbox.registry import current
+
+    from . import baselines
+
+    unknown = sorted(k for k, v in options.items() if v is not None and k not in OPTIONS)
+    if unknown:
+        raise UsageError(f"unknown option(s) {', '.join('--' + k for k in unknown)}; valid: "
+                         f"{', '.join('--' + k for k in OPTIONS if k != 'metric')}")
+    if options.get("metric") not in (None, "accuracy"):
+        raise UsageError(f"a condensed set is evaluated by accuracy only, not '{options['metric']}'")
+    config = read_config(source.path)
+    if config.get("format") != CONDENSED_FORMAT:
+        raise UsageError(f"{source.ref} is not a condensation run (config.json format is "
+                         f"'{config.get('format')}'); pass a folder written by `toolbox condense`")
+    names = [b.strip() for b in (options.get("baselines") or "").split(",") if b.strip()]
+    bad = [b for b in names if b not in baselines.NAMES]
+    if bad:
+        raise UsageError(f"unknown baseline(s) {', '.join(bad)}; valid: {', '.join(baselines.NAMES)}")
+    synthetic = load_synthetic(source)
+    data = load(config["dataset"])
+    protocol = _protocol(config, options)
+    seed = int(options["seed"]) if options.get("seed") is not None else int(config["protocol"].get("seed", 0))
+    ipc = int(config["ipc"])
+    result = evaluate_set(synthetic.images, synthetic.labels, data, protocol, seed, device)
+    metrics = {"accuracy": result["accuracy"], "accuracy_std": result["accuracy_std"]}
+    table = {}
+    if names:
+        arch = current().architecture(protocol.arch)
+        c, h, _ = data.shape
+
+        def build():
+            return arch(num_classes=data.num_classes, in_channels=c, image_size=h)
+
+        generator = torch.Generator().manual_seed(seed)
+        for name in names:
+            x, y = baselines.select(name, data, ipc, protocol, seed, device, build, generator)
+            r = evaluate_set(x, y, data, protocol, seed, device, build)
+            metrics[f"{name}_accuracy"] = r["accuracy"]
+            metrics[f"{name}_accuracy_std"] = r["accuracy_std"]
+            table[name] = {"accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"],
+                           "images": int(x.shape[0]), "accuracies": r["accuracies"]}
+    described = {**protocol.describe(), "seed": seed, "ipc": ipc, "dataset": data.name,
+                 "note": (config.get("protocol") or {}).get("note", "")}
+    out = {"metrics": metrics, "protocol": described, "accuracies": result["accuracies"]}
+    if table:
+        out["baselines"] = table
+    return out

@@ -1,0 +1,161 @@
+"""Differentiable Siamese augmentation (Zhao & Bilen 2021), vectorised.
+
+Parameters are drawn first (``draw``) and applied afterwards (``apply``), so the same draw can be
+applied to a real and a synthetic batch (the Siamese part) and every draw comes from an explicit
+generator. Each parameter set carries its own family (one of the strategy's color, crop, cutout,
+flip, scale, rotate), so images with different families are augmented in one call.
+Ranges follow the reference ParamDiffAug: brightness +U-0.5, saturation xU*2, contrast xU+0.5,
+crop shift up to 1/8 of the side (4 px at 32), cutout of half the side (16 px at 32), flip p=0.5,
+scale U(1/1.2, 1.2) per axis, rotation U(-15, 15) degrees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+SCALE = 1.2
+ROTATE_DEG = 15.0
+CROP_RATIO = 0.125
+CUTOUT_RATIO = 0.5
+# flipping changes what a digit means; the reference drops flip for its MNIST-like datasets
+NO_FLIP = ("digits", "mnist", "fashion-mnist", "svhn")
+
+
+def default_strategy(dataset: str) -> str:
+    full = "color_crop_cutout_flip_scale_rotate"
+    return full.replace("_flip", "") if dataset in NO_FLIP else full
+
+
+def parse_strategy(strategy: str) -> tuple[int, ...]:
+    names = [s for s in strategy.split("_") if s]
+    bad = [s for s in names if s not in FAMILIES]
+    if bad or not names:
+        raise ValueError(f"augmentation strategy '{strategy}': unknown part(s) {bad}; valid parts: {', '.join(FAMILIES)}")
+    return tuple(FAMILIES.index(s) for s in names)
+
+
+@dataclass
+class Params:
+    """One row per image (or per group before ``repeat``)."""
+
+    family: torch.Tensor
+    brightness: torch.Tensor
+    saturation: torch.Tensor
+    contrast: torch.Tensor
+    shift_x: torch.Tensor
+    shift_y: torch.Tensor
+    cut_x: torch.Tensor
+    cut_y: torch.Tensor
+    flip: torch.Tensor
+    sx: torch.Tensor
+    sy: torch.Tensor
+    angle: torch.Tensor
+
+    def _map(self, fn) -> Params:
+        return Params(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    def select(self, idx) -> Params:
+        return self._map(lambda t: t[idx])
+
+    def repeat(self, counts) -> Params:
+        """Row i repeated counts[i] times: one shared transformation for a whole group of images."""
+        return self._map(lambda t: t.repeat_interleave(counts, dim=0))
+
+    def to(self, device) -> Params:
+        return self._map(lambda t: t.to(device))
+
+    @staticmethod
+    def cat(parts: list[Params]) -> Params:
+        return Params(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Params)})
+
+
+def draw(count: int, families: tuple[int, ...], size: int, generator: torch.Generator,
+         one_family: bool = False) -> Params:
+    """``count`` independent parameter sets. one_family: all rows share one family (the reference's
+    non-Siamese mode draws one family per batch and per-image parameters)."""
+    def rand():
+        return torch.rand(count, generator=generator, device=generator.device)
+
+    pick = torch.randint(len(families), (1 if one_family else count,), generator=generator, device=generator.device)
+    family = torch.tensor(families, device=generator.device)[pick].expand(count).clone()
+    shift = int(size * CROP_RATIO + 0.5)
+    cut = int(size * CUTOUT_RATIO + 0.5)
+    randint = lambda lo, hi: torch.randint(lo, hi, (count,), generator=generator, device=generator.device)  # noqa: E731
+    return Params(
+        family=family, brightness=rand(), saturation=rand(), contrast=rand(),
+        shift_x=randint(-shift, shift + 1), shift_y=randint(-shift, shift + 1),
+        cut_x=randint(0, size + (1 - cut % 2)), cut_y=randint(0, size + (1 - cut % 2)),
+        flip=rand() < 0.5,
+        sx=rand() * (SCALE - 1 / SCALE) + 1 / SCALE, sy=rand() * (SCALE - 1 / SCALE) + 1 / SCALE,
+        angle=(rand() - 0.5) * 2 * ROTATE_DEG / 180 * math.pi,
+    )
+
+
+def _color(x, p: Params):
+    x = x + (p.brightness.view(-1, 1, 1, 1) - 0.5)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * (p.saturation.view(-1, 1, 1, 1) * 2) + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * (p.contrast.view(-1, 1, 1, 1) + 0.5) + mean
+
+
+def _crop(x, p: Params):
+    """Integer translation; pixels shifted in from outside are zero."""
+    n, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device)[None, :] + p.shift_x[:, None]
+    cols = torch.arange(w, device=x.device)[None, :] + p.shift_y[:, None]
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    moved = x.permute(0, 2, 3, 1)[batch, rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
+    return moved.permute(0, 3, 1, 2) * inside[:, None].to(x.dtype)
+
+
+def _cutout(x, p: Params):
+    _, _, h, w = x.shape
+    ch, cw = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
+    rows = torch.arange(h, device=x.device)[None, :] - (p.cut_x[:, None] - ch // 2)
+    cols = torch.arange(w, device=x.device)[None, :] - (p.cut_y[:, None] - cw // 2)
+    hole = ((rows >= 0) & (rows < ch))[:, :, None] & ((cols >= 0) & (cols < cw))[:, None, :]
+    return x * (~hole)[:, None].to(x.dtype)
+
+
+def _flip(x, p: Params):
+    return torch.where(p.flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def _affine(x, theta):
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def _scale(x, p: Params):
+    zero = torch.zeros_like(p.sx)
+    theta = torch.stack([torch.stack([p.sx, zero, zero], 1), torch.stack([zero, p.sy, zero], 1)], 1)
+    return _affine(x, theta.to(x.dtype))
+
+
+def _rotate(x, p: Params):
+    cos, sin, zero = torch.cos(p.angle), torch.sin(p.angle), torch.zeros_like(p.angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    return _affine(x, theta.to(x.dtype))
+
+
+_APPLY = (_color, _crop, _cutout, _flip, _scale, _rotate)
+
+
+def apply(x: torch.Tensor, p: Params) -> torch.Tensor:
+    """Augment image i of x with row i of p (differentiable with respect to x)."""
+    p = p.to(x.device)
+    present = torch.unique(p.family).tolist()
+    if len(present) == 1:
+        return _APPLY[present[0]](x, p)
+    out = x.clone()
+    for k in present:
+        idx = (p.family == k).nonzero().squeeze(1)
+        out[idx] = _APPLY[k](x[idx], p.select(idx))
+    return out

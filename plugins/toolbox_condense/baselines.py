@@ -1,0 +1,77 @@
+"""Coreset baselines of the papers, selected from the real training set: random, herding and
+k-center (ipc images per class), and the whole training set.
+
+Herding and k-center need features: the penultimate-layer embedding of one ConvNet trained on the
+whole training set (FEATURE_EPOCHS epochs with the evaluation optimiser), as in the DC paper's
+coreset baselines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from .evaluator import Protocol, init_model, model_seed, train_models
+from .sampling import ClassIndex
+
+NAMES = ("random", "herding", "kcenter", "whole")
+FEATURE_EPOCHS = 30
+
+
+def feature_network(build, train_x, train_y, protocol: Protocol, seed: int, device):
+    quick = replace(protocol, epochs=FEATURE_EPOCHS, augment="none", models=1)
+    s = model_seed(seed, 10_000)
+    _, params = train_models(build, train_x, train_y, quick, [s], device)
+    net = init_model(build, s).to(device)
+    net.load_state_dict({k: v[0].detach() for k, v in params.items()}, strict=False)
+    return net.eval()
+
+
+def herding(features: torch.Tensor, k: int) -> list[int]:
+    """Greedy choice whose running mean stays closest to the class mean (Welling 2009)."""
+    mu = features.mean(0)
+    chosen: list[int] = []
+    total = torch.zeros_like(mu)
+    available = torch.ones(features.shape[0], dtype=torch.bool, device=features.device)
+    for t in range(1, k + 1):
+        dist = ((mu - (total + features) / t) ** 2).sum(1).masked_fill(~available, float("inf"))
+        i = int(dist.argmin())
+        chosen.append(i)
+        total += features[i]
+        available[i] = False
+    return chosen
+
+
+def kcenter(features: torch.Tensor, k: int) -> list[int]:
+    """Greedy k-center: start at the sample nearest the class mean, then take the sample farthest
+    from everything chosen so far."""
+    first = int(((features - features.mean(0)) ** 2).sum(1).argmin())
+    chosen = [first]
+    nearest = ((features - features[first]) ** 2).sum(1)
+    for _ in range(k - 1):
+        i = int(nearest.argmax())
+        chosen.append(i)
+        nearest = torch.minimum(nearest, ((features - features[i]) ** 2).sum(1))
+    return chosen
+
+
+def select(name: str, data, ipc: int, protocol: Protocol, seed: int, device, build, generator) -> tuple:
+    """-> (images, labels) of baseline ``name``: normalised, on the CPU."""
+    train_x, train_y = data.normalize(data.train_x), data.train_y
+    if name == "whole":
+        return train_x, train_y
+    if name == "random":
+        idx, _ = ClassIndex(train_y, data.num_classes).sample(ipc, generator)
+        idx = idx.flatten()
+        return train_x[idx], train_y[idx]
+    net = feature_network(build, train_x, train_y, protocol, seed, device)
+    with torch.no_grad():
+        feats = torch.cat([net.embed(train_x[i:i + 1000].to(device)) for i in range(0, len(train_x), 1000)]).cpu()
+    pick = herding if name == "herding" else kcenter
+    chosen = []
+    for c in range(data.num_classes):
+        members = (train_y == c).nonzero().squeeze(1)
+        chosen += [int(members[i]) for i in pick(feats[members], ipc)]
+    idx = torch.tensor(chosen)
+    return train_x[idx], train_y[idx]

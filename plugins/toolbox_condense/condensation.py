@@ -1,0 +1,138 @@
+"""A condensation run: set up data and synthetic images, iterate DC/DSA/DM with checkpoints and
+logging, evaluate with the recipe's protocol, save the condensed set, its image grid and its card."""
+
+from __future__ import annotations
+
+import torch
+
+from toolbox.errors import UsageError
+
+from . import augment
+from .card import write_card
+from .dc import LOOPS, Matcher, match_step
+from .dm import Embedder, dm_step
+from .evaluator import Protocol, evaluate_set
+from .sampling import ClassIndex
+
+PAPERS = {"dc": "Zhao, Mopuri & Bilen, ICLR 2021 (arXiv:2006.05929)",
+          "dsa": "Zhao & Bilen, ICML 2021 (arXiv:2102.08259)",
+          "dm": "Zhao & Bilen, WACV 2023 (arXiv:2110.04181)"}
+
+
+def loops_for(recipe) -> tuple[int, int]:
+    """(outer_loop, inner_loop) of DC/DSA; ipc outside the reference's table needs both set."""
+    if recipe.outer_loop is not None and recipe.inner_loop is not None:
+        return recipe.outer_loop, recipe.inner_loop
+    if recipe.ipc not in LOOPS:
+        raise UsageError(f"{recipe.method} has loop settings for ipc {', '.join(map(str, LOOPS))} only (got ipc "
+                         f"{recipe.ipc}); pick one of those or set both -o outer_loop=N -o inner_loop=M")
+    return LOOPS[recipe.ipc]
+
+
+def check_ipc(recipe, data) -> None:
+    smallest = int(torch.bincount(data.train_y, minlength=data.num_classes).min())
+    if recipe.ipc < 1 or recipe.ipc > smallest:
+        raise UsageError(f"ipc must be between 1 and {smallest} (the smallest class of {data.name}), got {recipe.ipc}")
+    if recipe.method in ("dc", "dsa"):
+        loops_for(recipe)
+
+
+def strategy_for(value: str, dataset: str) -> str:
+    return augment.default_strategy(dataset) if value == "auto" else value
+
+
+def protocol_for(recipe, dataset: str) -> Protocol:
+    e = recipe.eval
+    return Protocol(models=e.models, epochs=e.epochs, lr=e.lr, momentum=e.momentum, weight_decay=e.weight_decay,
+                    batch_size=e.batch_size, augment=strategy_for(e.augment, dataset), arch=e.arch)
+
+
+def _init_images(recipe, data, train_x, classes, generator):
+    c, h, w = data.shape
+    if recipe.init == "real":
+        idx, _ = classes.sample(recipe.ipc, generator)
+        return train_x[idx].clone()
+    noise = torch.randn(data.num_classes, recipe.ipc, c, h, w, generator=generator, device=generator.device)
+    return noise.to(train_x.device)
+
+
+def run_condense(recipe, run) -> dict:
+    from toolbox.data import load
+    from toolbox.registry import current
+
+    try:
+        data = load(recipe.data.dataset)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    check_ipc(recipe, data)
+    device = run.device
+    num_classes, (c, h, _) = data.num_classes, data.shape
+    arch = current().architecture(recipe.model.arch)
+
+    def build():
+        return arch(num_classes=num_classes, in_channels=c, image_size=h)
+
+    strategy = strategy_for(recipe.augment.strategy, data.name)
+    families = augment.parse_strategy(strategy) if recipe.method in ("dsa", "dm") and strategy != "none" else None
+    train_x = data.normalize(data.train_x).to(device)
+    classes = ClassIndex(data.train_y.to(device), num_classes)
+    gens = {name: run.generator(name) for name in ("init", "net", "sample", "augment", "eval")}
+
+    syn = _init_images(recipe, data, train_x, classes, gens["init"]).requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=recipe.lr_img, momentum=recipe.momentum_img)
+    start = 0
+    saved = run.load_checkpoint()
+    if saved is not None:
+        with torch.no_grad():
+            syn.copy_(saved["images"].to(device))
+        opt.load_state_dict(saved["optimizer"])
+        start = int(saved["step"])
+
+    if recipe.method == "dm":
+        state = Embedder(build, train_x, classes, recipe.data.batch_real, families,
+                         gens["net"], gens["sample"], gens["augment"])
+        step = dm_step
+    else:
+        outer, inner = loops_for(recipe)
+        batched = recipe.class_batching == "vmap" or (recipe.class_batching == "auto" and device.type == "cuda")
+        state = Matcher(build, train_x, classes, recipe.data.batch_real, outer, inner, recipe.lr_net,
+                        recipe.batch_train, recipe.distance, families, batched,
+                        gens["net"], gens["sample"], gens["augment"])
+        step = match_step
+
+    protocol = protocol_for(recipe, data.name)
+    labels = torch.arange(num_classes).repeat_interleave(recipe.ipc)
+    every = recipe.checkpoint_every or max(1, recipe.iterations // 10)
+    with run.progress(recipe.iterations, f"{recipe.method} {data.name} ipc {recipe.ipc}", start=start) as bar:
+        for it in range(start, recipe.iterations):
+            loss = step(syn, opt, state)
+            run.check_finite(loss, it + 1)
+            if (it + 1) % recipe.log_every == 0 or it + 1 == recipe.iterations:
+                run.log(it + 1, loss=loss)
+            if recipe.eval.every and (it + 1) % recipe.eval.every == 0 and it + 1 < recipe.iterations:
+                quick = evaluate_set(syn.detach().flatten(0, 1), labels, data, protocol, recipe.seed, device)
+                run.log(it + 1, accuracy=quick["accuracy"], accuracy_std=quick["accuracy_std"])
+            bar.update(1, loss=loss)
+            if (it + 1) % every == 0 and it + 1 < recipe.iterations:
+                run.save_checkpoint({"images": syn.detach(), "optimizer": opt.state_dict()}, it + 1)
+
+    images = syn.detach().flatten(0, 1).cpu()
+    result = evaluate_set(images, labels, data, protocol, recipe.seed, device)
+    metrics = {"accuracy": result["accuracy"], "accuracy_std": result["accuracy_std"], "loss": loss if recipe.iterations > start else None}
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    run.log(recipe.iterations, **metrics)
+    described = {**protocol.describe(), "seed": recipe.seed, "note": recipe.eval.note}
+    extra = {"protocol": described, "accuracies": result["accuracies"], "eval_seeds": result["seeds"],
+             "seeds": {"recipe": recipe.seed, "generators": ["init", "net", "sample", "augment"]},
+             "condense": {"iterations": recipe.iterations, "init": recipe.init, "lr_img": recipe.lr_img,
+                          "augment": strategy if families is not None else "none", "arch": recipe.model.arch},
+             "paper": PAPERS[recipe.method],
+             "expect": recipe.expect.model_dump() if recipe.expect else None}
+    from toolbox.artifacts import save_synthetic
+
+    save_synthetic(run.dir, images, labels, dataset=data.spec, method=recipe.method, ipc=recipe.ipc,
+                   extra=extra, metrics=metrics)
+    run.save_images("synthetic", images, mean=data.mean, std=data.std, nrow=recipe.ipc if recipe.ipc > 1 else num_classes)
+    write_card(run.dir, method=recipe.method, dataset=data.name, ipc=recipe.ipc, paper=PAPERS[recipe.method],
+               metrics=metrics, protocol=described, expect=extra["expect"])
+    return metrics

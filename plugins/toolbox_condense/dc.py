@@ -1,0 +1,121 @@
+"""One outer iteration of DC (gradient matching) and DSA (the same with Siamese augmentation).
+
+Per iteration: a fresh network; outer_loop times: match the per-class gradients of real and
+synthetic images and take one step on the images, then (except after the last) train the network
+for inner_loop epochs on the detached synthetic set (SGD lr_net, batch 256, no momentum).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from . import augment
+from .matching import class_match_loss, match_loss_vmap
+
+# (outer_loop, inner_loop) by images per class, from the reference
+LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+BN_IMAGES_PER_CLASS = 16
+
+
+@dataclass
+class Matcher:
+    """Everything an iteration needs besides the synthetic images and their optimiser."""
+
+    build: object            # () -> fresh network (default init from the global RNG)
+    train_x: torch.Tensor    # normalised real images on the device
+    classes: object          # sampling.ClassIndex
+    batch_real: int
+    outer_loop: int
+    inner_loop: int
+    lr_net: float
+    batch_train: int
+    distance: str
+    families: tuple | None   # DSA families, None for DC
+    batched: bool            # all classes in one vmapped call, else class by class
+    gen_net: torch.Generator
+    gen_sample: torch.Generator
+    gen_augment: torch.Generator
+
+
+def fresh_network(build, generator: torch.Generator):
+    """A new network whose default initialisation is drawn from ``generator`` (reproducible)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _freeze_batchnorm(net, m: Matcher) -> None:
+    """Small synthetic batches give useless batch statistics: estimate them on 16 real images per
+    class, then keep them fixed for the matching (the reference procedure)."""
+    idx, mask = m.classes.sample(BN_IMAGES_PER_CLASS, m.gen_sample)
+    net.train()
+    with torch.no_grad():
+        net(m.train_x[idx[mask]])
+    for module in net.modules():
+        if isinstance(module, _BatchNorm):
+            module.eval()
+
+
+def _train_network(net, opt, syn, syn_y, m: Matcher) -> None:
+    images, labels = syn.detach(), syn_y
+    net.train()
+    for _ in range(m.inner_loop):
+        perm = torch.randperm(images.shape[0], generator=m.gen_sample).to(images.device)
+        for start in range(0, images.shape[0], m.batch_train):
+            idx = perm[start:start + m.batch_train]
+            x = images[idx]
+            if m.families is not None:
+                x = augment.apply(x, augment.draw(x.shape[0], m.families, x.shape[-1], m.gen_augment, one_family=True))
+            loss = F.cross_entropy(net(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def match_step(syn: torch.Tensor, opt_img, m: Matcher) -> float:
+    """One DC/DSA iteration on ``syn`` [C, ipc, ...] (a leaf); returns the mean matching loss."""
+    num_classes, ipc = syn.shape[:2]
+    syn_y = torch.arange(num_classes, device=syn.device)[:, None].expand(num_classes, ipc)
+    net = fresh_network(m.build, m.gen_net).to(syn.device)
+    opt_net = torch.optim.SGD(net.parameters(), lr=m.lr_net)
+    has_bn = any(isinstance(x, _BatchNorm) for x in net.modules())
+    total = 0.0
+    for ol in range(m.outer_loop):
+        if has_bn:
+            _freeze_batchnorm(net, m)
+        idx, mask = m.classes.sample(m.batch_real, m.gen_sample)
+        real_x = m.train_x[idx]
+        real_y = torch.arange(num_classes, device=syn.device)[:, None].expand_as(idx)
+        syn_x = syn
+        draws = None
+        if m.families is not None:
+            # one transformation per class, shared by its real and its synthetic images
+            draws = augment.draw(num_classes, m.families, syn.shape[-1], m.gen_augment)
+        opt_img.zero_grad(set_to_none=True)
+        if m.batched:
+            if draws is not None:
+                real_x = augment.apply(real_x.flatten(0, 1), draws.repeat(idx.shape[1])).view_as(real_x)
+                syn_x = augment.apply(syn.flatten(0, 1), draws.repeat(ipc)).view_as(syn)
+            loss = match_loss_vmap(net, real_x, real_y, mask.to(syn.dtype), syn_x, syn_y, m.distance)
+            loss.backward(inputs=[syn])
+            total += float(loss)
+        else:
+            for c in range(num_classes):
+                real_c, syn_c = real_x[c][mask[c]], syn[c]
+                if draws is not None:
+                    one = draws.select(slice(c, c + 1))
+                    real_c = augment.apply(real_c, one.repeat(real_c.shape[0]))
+                    syn_c = augment.apply(syn_c, one.repeat(ipc))
+                term = class_match_loss(net, real_c, real_y[c][: real_c.shape[0]], syn_c, syn_y[c], m.distance)
+                term.backward(inputs=[syn])  # one class's graph at a time: the memory-light form
+                total += float(term.detach())
+        opt_img.step()
+        if ol == m.outer_loop - 1:
+            break
+        _train_network(net, opt_net, syn.flatten(0, 1), syn_y.reshape(-1), m)
+    return total / (num_classes * m.outer_loop)

@@ -1,0 +1,115 @@
+"""The papers' evaluation protocol: train fresh ConvNets on a (synthetic or selected) set only and
+report their accuracy on the real test set after the last epoch.
+
+SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, E+1 epochs, lr x0.1 after epoch E//2+1
+with the optimiser re-created there (its momentum is dropped, as in the reference). The N models
+train together: their weights are stacked (torch.func.stack_module_state) and one vmapped call does
+every model's step. Each model owns a generator (initialisation, shuffling, augmentation) seeded
+from (seed, model index), so model i gets the same draws whether it trains alone or with others.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from . import augment
+
+
+@dataclass
+class Protocol:
+    models: int = 5
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    augment: str = "none"  # "none" or a DSA strategy (per-image parameters, one family per batch)
+    arch: str = "convnet"
+
+    def describe(self) -> dict:
+        return {**asdict(self), "optimizer": "SGD", "lr_drop": f"x0.1 after epoch {self.epochs // 2 + 1}",
+                "total_epochs": self.epochs + 1, "reported": "test accuracy after the last epoch (mean, std over models)"}
+
+
+def model_seed(seed: int, index: int) -> int:
+    return (seed * 1_000_003 + index * 7919 + 17) % (1 << 63)
+
+
+def init_model(build, seed: int):
+    """A freshly initialised model whose PyTorch default init is drawn from ``seed`` only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def train_models(build, images, labels, protocol: Protocol, seeds: list[int], device):
+    """Train one model per seed on (images, labels); -> (forward(x) -> logits [N, B, K], stacked params)."""
+    models = [init_model(build, s).to(device) for s in seeds]
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for model in models for m in model.modules()):
+        raise ValueError("the batched evaluator does not train batch-norm models (running statistics under vmap)")
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def forward_one(p, b, x):
+        return functional_call(base, (p, b), (x,))
+
+    train_forward = vmap(forward_one)
+    gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
+    images, labels = images.to(device), labels.to(device)
+    n, count = images.shape[0], len(seeds)
+    families = augment.parse_strategy(protocol.augment) if protocol.augment != "none" else None
+    lr = protocol.lr
+
+    def optimizer(lr):
+        return torch.optim.SGD(params.values(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+
+    opt = optimizer(lr)
+    for ep in range(protocol.epochs + 1):
+        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+        for start in range(0, n, protocol.batch_size):
+            idx = perms[:, start:start + protocol.batch_size]
+            xb, yb = images[idx], labels[idx]
+            if families is not None:
+                b = idx.shape[1]
+                draws = augment.Params.cat([augment.draw(b, families, images.shape[-1], g, one_family=True) for g in gens])
+                xb = augment.apply(xb.flatten(0, 1), draws).view_as(xb)
+            logits = train_forward(params, buffers, xb)
+            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(count, -1).mean(1)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # model i's loss depends on model i's weights only
+            opt.step()
+        if ep == protocol.epochs // 2 + 1:
+            lr *= 0.1
+            opt = optimizer(lr)
+
+    test_forward = vmap(forward_one, in_dims=(0, 0, None))
+    return (lambda x: test_forward(params, buffers, x)), params
+
+
+@torch.no_grad()
+def accuracies_on(forward, test_x, test_y, batch_size: int = 1000) -> torch.Tensor:
+    correct = 0
+    for start in range(0, test_x.shape[0], batch_size):
+        logits = forward(test_x[start:start + batch_size])
+        correct = correct + (logits.argmax(-1) == test_y[start:start + batch_size]).sum(1)
+    return correct.double().cpu() / test_x.shape[0]
+
+
+def evaluate_set(images, labels, data, protocol: Protocol, seed: int, device, build=None) -> dict:
+    """Train ``protocol.models`` fresh models on (images, labels) (normalised), test on the real test set."""
+    from toolbox.registry import current
+
+    if build is None:
+        arch = current().architecture(protocol.arch)
+        c, h, _ = data.shape
+        build = lambda: arch(num_classes=data.num_classes, in_channels=c, image_size=h)  # noqa: E731
+    seeds = [model_seed(seed, i) for i in range(protocol.models)]
+    forward, _ = train_models(build, images, labels, protocol, seeds, device)
+    accs = accuracies_on(forward, data.normalize(data.test_x).to(device), data.test_y.to(device))
+    return {"accuracies": [round(float(a), 6) for a in accs], "accuracy": float(accs.mean()),
+            "accuracy_std": float(accs.std(unbiased=False)), "seeds": seeds}
