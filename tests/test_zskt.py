@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from toolbox_zskt.game import Game, generator_loss, student_loss
 from toolbox_zskt.generator import Generator
 from toolbox_zskt.networks import check_pair, freeze
-from toolbox_zskt.transition import agreeing_indices, mean_transition_error, transition_curves
 
 from toolbox.errors import UsageError
 from toolbox.models.wrn import WideResNet
+from toolbox.transition import agreeing_indices, mean_transition_error, transition_curves
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")

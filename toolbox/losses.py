@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 
 def kl_mean(student_logits, teacher_logits, temperature: float = 1.0):
     """KL(teacher || student) with reduction='mean' (divides by batch * classes), as the ZSKT and
     few-shot KD reference code do; multiply by 2*alpha*T^2 outside for the KD form."""
-    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                    F.softmax(teacher_logits / temperature, dim=1), reduction="mean")
+    # reduction="sum" / numel is reduction="mean" without torch's warning that "mean" is not batchmean
+    kl = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
+                  F.softmax(teacher_logits / temperature, dim=1), reduction="sum")
+    return kl / student_logits.numel()
 
 
 def attention_map(features):

@@ -58,7 +58,13 @@ class Progress:
     """A rich progress bar whose description carries the latest metrics."""
 
     def __init__(self, total: int, description: str, start: int = 0):
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
@@ -300,12 +306,28 @@ def cached_run(verb: str, method: str, recipe: str | None = None, overrides=(), 
     _, text = recipes.load_recipe(m, recipe, overrides)
     run_dir = toolbox_home() / "cache" / "runs" / f"{method}-{recipes.recipe_hash(text)[:16]}"
     info = run_dir / "run.json"
-    if info.exists():
-        status = json.loads(info.read_text()).get("status")
-        if status == "finished":
-            return run_dir
-        return execute(verb, method, device=device, resume=run_dir)[0]
-    return execute(verb, method, recipe, overrides, out=run_dir, device=device)[0]
+    if info.exists() and json.loads(info.read_text()).get("status") == "finished":
+        return run_dir
+    # the nested run seeds the global RNGs; keep the caller's, so its results do not depend on
+    # whether the cached run existed already
+    with _preserved_rng():
+        if info.exists():
+            return execute(verb, method, device=device, resume=run_dir)[0]
+        return execute(verb, method, recipe, overrides, out=run_dir, device=device)[0]
+
+
+@contextlib.contextmanager
+def _preserved_rng():
+    import numpy as np
+    import torch
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 @contextlib.contextmanager

@@ -8,8 +8,7 @@ from pathlib import Path
 from toolbox import artifacts, data
 from toolbox.errors import UsageError
 from toolbox.evaluation import predict
-
-from .transition import agreeing_indices, mean_transition_error, plot_transition_curves, transition_curves
+from toolbox.transition import belief_matching
 
 METRICS = ("accuracy", "transition-curves")
 
@@ -45,33 +44,7 @@ def evaluate_student(source, options: dict, device, out) -> dict:
                "agreement": (s_pred == t_pred).float().mean().item()}
     result = {"metrics": metrics, "dataset": real.name, "test_images": len(y), "teacher": teacher.source.describe()}
     if metric == "transition-curves":
-        result.update(_belief_matching(student.model, teacher.model, x, real.num_classes, options, Path(out)))
+        result.update(belief_matching(student.model, teacher.model, x, real.num_classes, Path(out),
+                                      images=int(options.get("images") or 1000), steps=int(options.get("steps") or 200)))
         metrics["mte"] = result.pop("mte")
     return result
-
-
-def _belief_matching(student, teacher, x, num_classes: int, options: dict, out: Path) -> dict:
-    """The paper's protocol: up to 1000 agreeing test images, all other classes, 200 steps of size 1,
-    MTE over the first 100 steps."""
-    limit = int(options.get("images") or 1000)
-    steps = int(options.get("steps") or 200)
-    idx, classes = agreeing_indices(student, teacher, x, limit=limit)
-    if len(idx) == 0:
-        raise UsageError("student and teacher agree on no test image: there is no transition to measure")
-    p_s, p_t = transition_curves(student, teacher, x[idx], classes, num_classes, steps=steps, lr=1.0)
-    mte = mean_transition_error(p_s, p_t, steps=min(100, steps))
-    fig = plot_transition_curves(p_s, p_t, mte_steps=min(100, steps))
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / "transition_curves.png"
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    from safetensors.torch import save_file
-
-    curves = out / "transition_curves.safetensors"
-    save_file({"student": p_s.contiguous(), "teacher": p_t.contiguous(), "indices": idx.cpu().contiguous(),
-               "classes": classes.cpu().contiguous()}, str(curves))
-    return {"mte": mte, "files": [str(png), str(curves)],
-            "protocol": {"images": len(idx), "targets": num_classes - 1, "steps": steps, "step_size": 1.0,
-                         "mte_steps": min(100, steps), "space": "normalised input"}}

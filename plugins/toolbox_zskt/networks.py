@@ -18,10 +18,7 @@ def load_teacher(source: str, default_recipe: str, device):
     """-> artifacts.Loaded, frozen in eval mode. ``source`` empty: the supervised ``default_recipe``,
     trained once and then reused from the run cache."""
     if not source:
-        # the nested run reseeds the global RNG; fork it so this run's student initialisation is the
-        # same whether the teacher was trained just now or came from the cache
-        with torch.random.fork_rng(devices=[]):
-            source = str(cached_run("train", "supervised", recipe=default_recipe, device=str(device)))
+        source = str(cached_run("train", "supervised", recipe=default_recipe, device=str(device)))
     try:
         loaded = artifacts.load_model(source, device=device)
     except UsageError as e:

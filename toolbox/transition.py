@@ -13,6 +13,8 @@ exactly its own single-image gradient.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -93,3 +95,31 @@ def plot_transition_curves(p_a, p_b, name_a: str = "student", name_b: str = "tea
                  f"({p_a.shape[0]} images x {p_a.shape[1]} targets)")
     ax.legend(loc="lower right")
     return fig
+
+
+def belief_matching(student, teacher, x, num_classes: int, out: Path, images: int = 1000, steps: int = 200) -> dict:
+    """The ZSKT paper's protocol on normalised images ``x``: up to 1000 agreeing images, all other
+    classes, 200 steps of size 1, MTE over the first 100 steps; curves as PNG + safetensors in ``out``.
+    Returns {"mte", "files", "protocol"}."""
+    from .errors import UsageError
+
+    idx, classes = agreeing_indices(student, teacher, x, limit=images)
+    if len(idx) == 0:
+        raise UsageError("student and teacher agree on no test image: there is no transition to measure")
+    p_s, p_t = transition_curves(student, teacher, x[idx], classes, num_classes, steps=steps, lr=1.0)
+    mte = mean_transition_error(p_s, p_t, steps=min(100, steps))
+    fig = plot_transition_curves(p_s, p_t, mte_steps=min(100, steps))
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / "transition_curves.png"
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    from safetensors.torch import save_file
+
+    curves = out / "transition_curves.safetensors"
+    save_file({"student": p_s.contiguous(), "teacher": p_t.contiguous(), "indices": idx.cpu().contiguous(),
+               "classes": classes.cpu().contiguous()}, str(curves))
+    return {"mte": mte, "files": [str(png), str(curves)],
+            "protocol": {"images": len(idx), "targets": num_classes - 1, "steps": steps, "step_size": 1.0,
+                         "mte_steps": min(100, steps), "space": "normalised input"}}
