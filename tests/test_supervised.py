@@ -44,7 +44,7 @@ def test_trains_on_a_condensed_set_and_tests_on_real_data(tmp_path):
 
 
 def test_random_crop_is_a_shifted_window_and_flip_mirrors():
-    from toolbox_supervised.training import random_crop_flip
+    from toolbox.augment import random_crop_flip
 
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4) + 1
     g = torch.Generator().manual_seed(0)

@@ -45,6 +45,6 @@ def distill(method, recipe, run):
 
 @hookimpl
 def evaluate(method, source, options, device, out):
-    from .evaluation import evaluate_student
+    from toolbox.distilled import evaluate_student
 
-    return evaluate_student(source, options, device, out)
+    return evaluate_student(source, options, device, out, method=method)

@@ -1,5 +1,6 @@
-"""``toolbox evaluate`` for ZSKT students: accuracy, teacher accuracy, agreement, and on request
-belief matching (``--metric transition-curves``)."""
+"""Evaluation of a distilled student (ZSKT, KD, ...): its accuracy, its teacher's, their agreement,
+and on request belief matching (``--metric transition-curves``). The teacher is the one the
+student's config.json records (the exact Hub commit when it came from the Hub) or ``--teacher``."""
 
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ def teacher_ref(config: dict, override: str | None) -> str:
                      f"{info.get('ref') or 'none'}); pass it with --teacher RUN_DIR_OR_HF_REF")
 
 
-def evaluate_student(source, options: dict, device, out) -> dict:
+def evaluate_student(source, options: dict, device, out, method: str = "distilled") -> dict:
     metric = options.get("metric") or "accuracy"
     if metric not in METRICS:
-        raise UsageError(f"zskt students support --metric {' or '.join(METRICS)}, not '{metric}'")
+        raise UsageError(f"{method} students support --metric {' or '.join(METRICS)}, not '{metric}'")
     student = artifacts.load_model(source, device=device)
     real = data.load(student.config["dataset"])
     teacher = artifacts.load_model(teacher_ref(student.config, options.get("teacher")), device=device)
