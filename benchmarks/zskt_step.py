@@ -22,10 +22,10 @@ import time
 import torch
 from toolbox_zskt.game import Game
 from toolbox_zskt.generator import Generator
-from toolbox_zskt.networks import freeze
 
 from toolbox.losses import attention_loss, kl_mean
 from toolbox.registry import current
+from toolbox.teachers import freeze
 
 
 def reference_step(generator, student, teacher, opt_g, opt_s, sched_g, sched_s, z, beta=250.0, clip=5.0,

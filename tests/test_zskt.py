@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from toolbox_zskt.game import Game, generator_loss, student_loss
 from toolbox_zskt.generator import Generator
-from toolbox_zskt.networks import check_pair, freeze
+from toolbox_zskt.networks import check_pair
 
 from toolbox.errors import UsageError
 from toolbox.models.wrn import WideResNet
+from toolbox.teachers import freeze
 from toolbox.transition import agreeing_indices, mean_transition_error, transition_curves
 
 torch.set_num_threads(1)

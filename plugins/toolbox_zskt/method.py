@@ -12,10 +12,11 @@ import torch
 from toolbox import data
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, predict
+from toolbox.teachers import load_teacher
 
 from .game import Game
 from .generator import Generator
-from .networks import build_student, check_pair, load_teacher
+from .networks import build_student, check_pair
 
 PAPER = "Micaelli & Storkey, Zero-shot Knowledge Transfer via Adversarial Belief Matching, NeurIPS 2019 (arXiv:1905.09768)"
 
