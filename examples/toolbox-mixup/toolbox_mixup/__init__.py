@@ -1,0 +1,1 @@
+"""mixup training (Zhang et al. 2018) as a toolbox plugin."""

@@ -1,0 +1,30 @@
+"""Recipe schema of mixup: validated by toolbox before the plugin runs (unknown keys are errors)."""
+
+from typing import Literal
+
+from toolbox.recipes import RecipeBase, Section
+
+
+class Data(Section):
+    dataset: str = "digits"
+    batch_size: int = 64
+
+
+class Model(Section):
+    arch: str = "mlp"
+    kwargs: dict = {}
+
+
+class Optim(Section):
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+class MixupRecipe(RecipeBase):
+    method: Literal["mixup"] = "mixup"
+    data: Data = Data()
+    model: Model = Model()
+    optim: Optim = Optim()
+    alpha: float = 0.2  # lambda ~ Beta(alpha, alpha); the paper uses 0.2 on ImageNet, 1.0 on CIFAR
+    epochs: int = 20
