@@ -102,9 +102,10 @@ class Plugins:
         return True
 
     def _fail(self, name, dist, version, error) -> None:
+        failure = PluginFailure(name, dist, version, error)
         if strict():
-            raise RuntimeError(f"plugin '{name}' ({dist or 'unknown distribution'}): {error}")
-        self.failed.append(PluginFailure(name, dist, version, error))
+            raise RuntimeError(format_failure(failure))
+        self.failed.append(failure)
 
     def _register_all(self, only: str | None = None) -> None:
         kinds = [("register_recipes", lambda plugin: lambda root: self.registry.recipe_roots.append((plugin, root))),
@@ -112,16 +113,14 @@ class Plugins:
                  ("register_architectures", lambda plugin: lambda a: self.registry.add_architecture(a, plugin)),
                  ("register_methods", lambda plugin: lambda m: self.registry.add_method(m, plugin))]
         for hook, make_register in kinds:
-            for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):  # registration order
+            for impl in getattr(self.pm.hook, hook).get_hookimpls():  # registration order: core first
                 if only is not None and impl.plugin_name != only:
                     continue
                 if not self.pm.has_plugin(impl.plugin_name):
                     continue
                 try:
                     impl.function(register=make_register(impl.plugin_name))
-                except Exception as e:
-                    if strict():
-                        raise
+                except Exception as e:  # in strict mode _drop raises, chained to this traceback
                     self._drop(impl.plugin_name, f"{hook} raised {type(e).__name__}: {e}")
         for info in self.loaded:
             info.methods = sorted(m.name for m in self.registry.methods.values() if m.plugin == info.name)

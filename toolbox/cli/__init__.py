@@ -31,7 +31,7 @@ class ToolboxGroup(click.Group):
             click.echo("error: interrupted", err=True)
             sys.exit(130)
         except Exception as e:
-            if debug_enabled(ctx):
+            if debug_enabled(ctx) or _strict():  # strict mode: a crashing plugin keeps its traceback
                 raise
             first = str(e).splitlines()[0] if str(e) else ""
             click.echo(f"error: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)", err=True)
@@ -39,6 +39,12 @@ class ToolboxGroup(click.Group):
 
     def list_commands(self, ctx):
         return list(self.commands)  # in the order they were added: the workflow order
+
+
+def _strict() -> bool:
+    from ..plugins import strict
+
+    return strict()
 
 
 def debug_enabled(ctx) -> bool:

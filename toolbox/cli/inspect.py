@@ -39,8 +39,9 @@ def plugins(as_json):
     if as_json:
         return _json(rows + [{"name": None, "status": "conflict", "error": c} for c in conflicts])
     _table("plugins", ["name", "version", "hooks", "methods", "status"],
-           [(r["name"], r["version"] or "", ", ".join(r["hooks"]), ", ".join(r["methods"]),
-             r["status"] if r["status"] == "loaded" else f"FAILED: {r['error']}") for r in rows])
+           [(r["name"], r["version"] or "", ", ".join(r["hooks"]), ", ".join(r["methods"]), r["status"]) for r in rows])
+    for f in pm.failed:  # one unwrapped line each, below the table: a table cell would fold it
+        click.echo(plugin_loader.format_failure(f), err=True)
     for c in conflicts:
         click.echo(f"conflict: {c}", err=True)
 
