@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolbox import artifacts, data
 from toolbox.errors import UsageError
-from toolbox.evaluation import predict
+from toolbox.evaluation import accuracy, predict
 from toolbox.transition import belief_matching
 
 METRICS = ("accuracy", "transition-curves")
@@ -34,6 +34,11 @@ def evaluate_student(source, options: dict, device, out, method: str = "distille
         raise UsageError(f"{method} students support --metric {' or '.join(METRICS)}, not '{metric}'")
     student = artifacts.load_model(source, device=device)
     real = data.load(student.config["dataset"])
+    if not student.config.get("teacher") and not options.get("teacher"):
+        if metric != "accuracy":
+            raise UsageError(f"--metric {metric} compares a student with its teacher; this run had none: pass --teacher")
+        acc = accuracy(student.model, real.test_x, real.test_y, mean=student.mean, std=student.std, device=device)
+        return {"metrics": {"accuracy": acc}, "dataset": real.name, "test_images": len(real.test_y)}
     teacher = artifacts.load_model(teacher_ref(student.config, options.get("teacher")), device=device)
     if teacher.config["num_classes"] != student.config["num_classes"]:
         raise UsageError(f"teacher predicts {teacher.config['num_classes']} classes, the student {student.config['num_classes']}")

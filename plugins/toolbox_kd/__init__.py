@@ -1,0 +1,1 @@
+"""Knowledge distillation baselines: Hinton KD, attention transfer, few-shot KD+AT."""

@@ -1,0 +1,51 @@
+"""KD's hooks: registration and dispatch only (no torch at import)."""
+
+from toolbox.hookspecs import hookimpl
+from toolbox.registry import Method, Option
+
+
+def _schema():
+    from .recipe import KDRecipe
+
+    return KDRecipe
+
+
+@hookimpl
+def register_methods(register):
+    register(Method(
+        name="kd",
+        verbs=("distill", "train", "evaluate"),
+        summary="Knowledge distillation: Hinton KD, attention transfer, and few-shot KD+AT (the ZSKT paper's baseline)",
+        schema=_schema,
+        default_recipe="kd/digits",
+        options={
+            "teacher": Option("teacher.source", "teacher run dir, model folder or hf-hub:org/name@rev"),
+            "student": Option("student.arch", "student architecture (see `toolbox models`)"),
+            "dataset": Option("data.dataset", "dataset"),
+            "loss": Option("loss.kind", "ce, kd, at or kd+at"),
+            "shots": Option("data.shots", "real images per class (0 = the whole training split)"),
+            "epochs": Option("schedule.epochs", "epochs of the full-data schedule (scaled up for few shots)"),
+        },
+        paper="Hinton et al. 2015 (arXiv:1503.02531); Zagoruyko & Komodakis 2017 (arXiv:1612.03928)",
+    ))
+
+
+@hookimpl
+def distill(method, recipe, run):
+    from .method import train_kd
+
+    return train_kd(recipe, run)
+
+
+@hookimpl
+def train(method, recipe, run):
+    from .method import train_kd
+
+    return train_kd(recipe, run)
+
+
+@hookimpl
+def evaluate(method, source, options, device, out):
+    from toolbox.distilled import evaluate_student
+
+    return evaluate_student(source, options, device, out, method=method)
