@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from toolbox import data
 from toolbox.augment import random_crop_flip
+from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, predict
-from toolbox.losses import attention_loss, kl_mean
+from toolbox.losses import attention_loss, kd_loss
 from toolbox.registry import current
 from toolbox.teachers import load_teacher
 
@@ -21,14 +22,14 @@ from .shots import sample_shots, scaled_schedule
 def kd_objective(recipe_loss, s_logits, y, t_logits=None, s_feats=(), t_feats=()):
     """The recipe's composed loss (see recipe.Loss)."""
     kind, a, T = recipe_loss.kind, recipe_loss.alpha, recipe_loss.temperature
-    ce = F.cross_entropy(s_logits, y)
-    loss = ce
     if kind in ("kd", "kd+at"):
         if recipe_loss.kl_reduction == "mean":
-            kl = 2 * a * T * T * kl_mean(s_logits, t_logits, T)
-        else:
-            kl = a * T * T * F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean")
-        loss = (1 - a) * ce + kl
+            loss = kd_loss(s_logits, t_logits, y, a, T)
+        else:  # textbook Hinton: KL per sample, times alpha T^2
+            kl = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean")
+            loss = (1 - a) * F.cross_entropy(s_logits, y) + a * T * T * kl
+    else:
+        loss = F.cross_entropy(s_logits, y)
     if kind in ("at", "kd+at"):
         loss = loss + recipe_loss.at_weight * sum(attention_loss(s, t) for s, t in zip(s_feats, t_feats))
     return loss
@@ -59,8 +60,6 @@ def train_kd(recipe, run) -> dict:
         loaded = load_teacher(recipe.teacher.source, recipe.teacher.recipe, device)
         teacher = loaded.model
         if loaded.config["num_classes"] != spec.num_classes or tuple(loaded.config["input_shape"]) != tuple(spec.shape):
-            from toolbox.errors import UsageError
-
             raise UsageError(f"teacher was trained on {loaded.config.get('dataset')} ({loaded.config['num_classes']} classes, "
                              f"input {loaded.config['input_shape']}), not {spec.name}; pick a teacher for this dataset")
         teacher_info = {**loaded.source.describe(), "architecture": loaded.config["architecture"],
@@ -117,11 +116,11 @@ def train_kd(recipe, run) -> dict:
                 opt.step()
                 total += loss.item()
             sched.step()
-            metrics = {"loss": total / steps}
+            metrics = {"loss": total / steps, "lr": sched.get_last_lr()[0]}
             if (epoch + 1) % every_eval == 0 or epoch + 1 == epochs:
                 metrics["accuracy"] = accuracy(student, test_x, real.test_y, device=device)
-                run.log(epoch + 1, **metrics)
-            bar.update(1, **metrics)
+            run.log(epoch + 1, **metrics)
+            bar.update(1, **{k: v for k, v in metrics.items() if k != "lr"})
             if (epoch + 1) % every_ckpt == 0 and epoch + 1 < epochs:
                 run.save_checkpoint({"student": student.state_dict(), "optimizer": opt.state_dict(),
                                      "scheduler": sched.state_dict()}, epoch + 1)
@@ -133,5 +132,6 @@ def train_kd(recipe, run) -> dict:
         final["teacher_accuracy"] = (t_pred == real.test_y).float().mean().item()
         final["agreement"] = (s_pred == t_pred).float().mean().item()
     run.save_model(student, arch=recipe.student.arch, arch_kwargs=recipe.student.kwargs, dataset=spec, metrics=final,
-                   extra={"teacher": teacher_info, "shots": shots, "epochs": epochs, "loss": recipe.loss.model_dump()})
+                   extra={"teacher": teacher_info, "shots": shots, "train_images": n, "epochs": epochs,
+                          "loss": recipe.loss.model_dump()})
     return final
