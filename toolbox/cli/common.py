@@ -58,7 +58,7 @@ def parse_extra(args, known: dict | None = None) -> dict:
             i += 1
             continue
         if not eq:
-            if i + 1 >= len(args) or (args[i + 1].startswith("--") and known is not None):
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
                 if known is None:
                     out[key] = True
                     i += 1

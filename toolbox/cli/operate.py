@@ -104,7 +104,12 @@ def condense(ctx, dataset, method_name, extra, **kw):
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
-    """Evaluate a run directory, a model folder or hf-hub:org/name[@rev]."""
+    """Evaluate a run directory, a model folder or hf-hub:org/name[@rev].
+
+    Dispatched to the plugin of the method that produced SOURCE, unless --metric names a method
+    registered with the "evaluate" verb (e.g. gradient-leakage, hessian): such metric methods audit
+    any run, so they take precedence over the run's own method.
+    """
     from pathlib import Path
 
     from .. import artifacts, plugins, runs
@@ -116,7 +121,11 @@ def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
     src = artifacts.resolve_source(source)
     config = artifacts.read_config(src.path)
     pm = plugins.load()
-    method = pm.registry.method(config.get("method", "?"), "evaluate")
+    metric_method = pm.registry.methods.get(metric) if metric else None
+    if metric_method is not None and "evaluate" in metric_method.verbs:
+        method = metric_method
+    else:
+        method = pm.registry.method(config.get("method", "?"), "evaluate")
     out_dir = Path(out) if out else (src.path / "eval" if src.repo is None else Path("runs") / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     result = pm.call("evaluate", method, source=src, options=options, device=runs.resolve_device(device), out=out_dir)
