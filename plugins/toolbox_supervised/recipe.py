@@ -3,6 +3,7 @@
 from typing import Literal
 
 from toolbox.recipes import RecipeBase, Section
+from toolbox.sam import SAMSettings
 
 
 class Data(Section):
@@ -40,5 +41,6 @@ class SupervisedRecipe(RecipeBase):
     model: Model = Model()
     optim: Optim = Optim()
     schedule: Schedule = Schedule()
+    sam: SAMSettings | None = None  # set: wrap SGD in SAM / ASAM / Fisher-SAM (toolbox.sam)
     epochs: int = 30
     eval_every: int = 1  # epochs

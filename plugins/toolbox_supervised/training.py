@@ -14,6 +14,7 @@ from toolbox.augment import random_crop_flip
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy
 from toolbox.registry import current
+from toolbox.sam import SAM, frozen_bn_stats
 
 
 def _train_set(recipe):
@@ -73,6 +74,7 @@ def train_classifier(recipe, run) -> dict:
     model = build_model(recipe.model.arch, recipe.model.kwargs, spec).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
                           weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov)
+    sam = SAM.from_settings(model.parameters(), opt, recipe.sam) if recipe.sam else None
     n = len(train_x)
     batch = min(recipe.data.batch_size, n)
     steps_per_epoch = math.ceil(n / batch)
@@ -104,7 +106,13 @@ def train_classifier(recipe, run) -> dict:
                 run.check_finite(loss, epoch * steps_per_epoch + i)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
+                if sam is None:
+                    opt.step()
+                else:
+                    sam.first_step()
+                    with frozen_bn_stats(model):  # the perturbed pass leaves batch-norm statistics alone
+                        F.cross_entropy(model(x), train_y[idx]).backward()
+                    sam.second_step()
                 sched.step()
                 total_loss += loss.item()
             metrics = {"train_loss": total_loss / steps_per_epoch, "lr": sched.get_last_lr()[0]}

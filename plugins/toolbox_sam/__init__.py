@@ -1,0 +1,1 @@
+"""SAM / ASAM / Fisher-SAM training and the Hessian-sharpness metric."""
