@@ -36,11 +36,16 @@ def register_methods(register):
 
 @pytest.fixture
 def install(tmp_path, monkeypatch):
-    """install(entry_point_name, source, dist=...) writes a module and its dist-info; plugins reload."""
+    """install(entry_point_name, source, dist=...) writes a module and its dist-info; plugins reload.
+
+    Only these plugins and `supervised` are loaded, so other installed plugins cannot disturb the
+    counts (tests that select plugins themselves set TOOLBOX_LOAD_PLUGINS after installing).
+    """
     site = tmp_path / "site"
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
     loaded_before = set(sys.modules)
+    names = ["supervised"]
 
     def _install(name, source, dist=None, version="0.3.0"):
         dist = dist or f"toolbox-{name}"
@@ -51,6 +56,8 @@ def install(tmp_path, monkeypatch):
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
         (info / "entry_points.txt").write_text(f"[toolbox]\n{name} = {module}\n")
         importlib.invalidate_caches()
+        names.append(name)
+        monkeypatch.setenv("TOOLBOX_LOAD_PLUGINS", ",".join(names))
 
     plugins.reset()
     yield _install
