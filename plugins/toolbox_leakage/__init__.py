@@ -1,0 +1,1 @@
+"""Gradient-leakage privacy audit (iDLG / DLG) and its reference victim, the sigmoid LeNet."""
