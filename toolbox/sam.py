@@ -24,6 +24,11 @@ class SAMSettings(Section):
     eta: float = 1.0
     gamma: float | None = None
 
+    @property
+    def radius(self) -> float:
+        """The neighbourhood size in effect; 0 means the base optimiser's plain steps."""
+        return self.gamma if self.fisher and self.gamma is not None else self.rho
+
 
 class SAM:
     """Two-pass update: perturb the weights towards the locally sharpest point, take the gradient

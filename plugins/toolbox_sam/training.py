@@ -18,11 +18,6 @@ from toolbox.sam import SAM, frozen_bn_stats
 from .noise import symmetric_label_noise
 
 
-def radius(settings) -> float:
-    """The neighbourhood size in effect; 0 means plain base-optimiser steps."""
-    return settings.gamma if settings.fisher and settings.gamma is not None else settings.rho
-
-
 def _scheduler(recipe, optimizer, steps_per_epoch: int):
     total = recipe.epochs * steps_per_epoch
     s = recipe.schedule
@@ -43,7 +38,7 @@ def train_sam(recipe, run) -> dict:
                                                       **recipe.model.kwargs).to(device)
     base = torch.optim.SGD(model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
                            weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov)
-    sam = SAM.from_settings(model.parameters(), base, recipe.sam) if radius(recipe.sam) > 0 else None
+    sam = SAM.from_settings(model.parameters(), base, recipe.sam) if recipe.sam.radius > 0 else None
     train_x = real.normalize(real.train_x).to(device)
     train_y = symmetric_label_noise(real.train_y, spec.num_classes, recipe.data.label_noise,
                                     recipe.data.label_noise_seed).to(device)

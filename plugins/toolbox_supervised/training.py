@@ -74,7 +74,7 @@ def train_classifier(recipe, run) -> dict:
     model = build_model(recipe.model.arch, recipe.model.kwargs, spec).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
                           weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov)
-    sam = SAM.from_settings(model.parameters(), opt, recipe.sam) if recipe.sam else None
+    sam = SAM.from_settings(model.parameters(), opt, recipe.sam) if recipe.sam and recipe.sam.radius > 0 else None
     n = len(train_x)
     batch = min(recipe.data.batch_size, n)
     steps_per_epoch = math.ceil(n / batch)
