@@ -1,0 +1,5 @@
+"""python -m toolbox: the same as the toolbox command."""
+
+from .cli import main
+
+main()
