@@ -142,8 +142,9 @@ def test_resumed_run_learns_the_same_schedule(tmp_path, monkeypatch):
 
 def test_supervised_recipes_can_train_with_a_learned_schedule_file(tmp_path):
     """schedule.kind=file: the k-th learning rate of schedule.json holds for the k-th quarter of training."""
-    from toolbox.runs import execute
     from toolbox_fds.schedule import write_schedule
+
+    from toolbox.runs import execute
 
     (tmp_path / "fds-run").mkdir()
     write_schedule(tmp_path / "fds-run" / "schedule.json", [0.2, 0.1, 0.05, 0.01], momentum=0.9, weight_decay=0.0)

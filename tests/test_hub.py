@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from fakehub import FakeHub
+
 from toolbox import runs
 from toolbox.artifacts import save_synthetic
 
