@@ -57,8 +57,7 @@ def test_fisher_sam_flattens_like_sam(tmp_path):
 
 
 def test_resumed_sam_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
-    import toolbox_sam.training as training
-
+    import toolbox.classifier as training  # the loop the sam method runs
     from toolbox.errors import RunError
     from toolbox.runs import execute
 
