@@ -28,7 +28,7 @@ def save_grid(path: Path, images, *, mean, std, nrow: int | None = None, pad: in
     path.parent.mkdir(parents=True, exist_ok=True)
     array = grid[0].numpy() if c == 1 else grid.permute(1, 2, 0).numpy()
     # upscale tiny images (8x8 digits) so the PNG is legible without a viewer's zoom
-    scale = max(1, 256 // max(array.shape[0], array.shape[1]))
+    scale = max(1, 640 // max(array.shape[0], array.shape[1]))
     if scale > 1:
         array = array.repeat(scale, 0).repeat(scale, 1)
     plt.imsave(path, array, cmap="gray" if c == 1 else None, vmin=0.0, vmax=1.0)
