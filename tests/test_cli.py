@@ -111,6 +111,12 @@ def test_evaluate_json_shape(tmp_path):
     assert report["method"] == "supervised" and report["source"]["path"] == "run"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert report["metrics"]["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)
+    # an option this evaluation does not read is refused, not silently dropped from the result
+    line = one_line_usage_error(invoke("evaluate", "run", "--baselines", "random"))
+    assert line == "error: evaluating a supervised model does not take --baselines; it takes no options besides --metric"
+    # a condensation metric on a classifier run names what is wrong
+    line = one_line_usage_error(invoke("evaluate", "run", "--metric", "dc"))
+    assert line.startswith("error: run is not a condensation run (config.json format is 'toolbox-model')")
 
 
 def test_evaluate_of_a_folder_that_is_not_an_artifact_is_one_line(tmp_path):

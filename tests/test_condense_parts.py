@@ -99,10 +99,15 @@ def test_batched_evaluator_equals_models_trained_one_at_a_time(digits):
     build = lambda: ConvNet(10, 1, 8, width=16)  # noqa: E731
     seeds = [model_seed(0, i) for i in range(3)]
     test_x, test_y = data.normalize(data.test_x), data.test_y
-    forward, params = train_models(build, images, labels, protocol, seeds, "cpu")
+    forward, params = train_models(build, images, labels, protocol, seeds, "cpu", stacked=True)
     together = accuracies_on(forward, test_x, test_y)
+    # the sequential path (chosen where stacking does not pay) trains the very same models
+    f_seq, p_seq = train_models(build, images, labels, protocol, seeds, "cpu", stacked=False)
+    for k in params:
+        assert torch.allclose(params[k], p_seq[k], atol=1e-5, rtol=1e-4), k
+    assert torch.allclose(accuracies_on(f_seq, test_x, test_y), together, atol=2 / len(test_y))
     for i, s in enumerate(seeds):
-        f1, p1 = train_models(build, images, labels, protocol, [s], "cpu")
+        f1, p1 = train_models(build, images, labels, protocol, [s], "cpu", stacked=True)
         for k in params:
             assert torch.allclose(params[k][i], p1[k][0], atol=1e-5, rtol=1e-4), k
         assert float(accuracies_on(f1, test_x, test_y)[0]) == pytest.approx(float(together[i]), abs=2 / len(test_y))

@@ -29,6 +29,9 @@ def teacher_ref(config: dict, override: str | None) -> str:
 
 
 def evaluate_student(source, options: dict, device, out, method: str = "distilled") -> dict:
+    from .evaluation import check_options
+
+    check_options(options, ("teacher", "images", "steps"), f"evaluating a {method} student")
     metric = options.get("metric") or "accuracy"
     if metric not in METRICS:
         raise UsageError(f"{method} students support --metric {' or '.join(METRICS)}, not '{metric}'")

@@ -31,3 +31,14 @@ def predict(model, x, *, mean=None, std=None, device="cpu", batch_size: int = 10
 def accuracy(model, x, y, *, mean=None, std=None, device="cpu", batch_size: int = 1000) -> float:
     logits = predict(model, x, mean=mean, std=std, device=device, batch_size=batch_size)
     return (logits.argmax(1) == y.cpu()).float().mean().item()
+
+
+def check_options(options: dict, valid: tuple[str, ...], what: str) -> None:
+    """Reject `toolbox evaluate` options this evaluation does not read, instead of ignoring them
+    (a mistyped --baselines would otherwise print a result that silently lacks what was asked)."""
+    from .errors import UsageError
+
+    unknown = sorted(k for k, v in options.items() if v is not None and k != "metric" and k not in valid)
+    if unknown:
+        takes = f"it takes {', '.join('--' + k for k in valid)}" if valid else "it takes no options besides --metric"
+        raise UsageError(f"{what} does not take {', '.join('--' + k for k in unknown)}; {takes}")

@@ -103,7 +103,7 @@ def match_step(syn: torch.Tensor, opt_img, m: Matcher) -> float:
                 syn_x = augment.apply(syn.flatten(0, 1), draws.repeat(ipc)).view_as(syn)
             loss = match_loss_vmap(net, real_x, real_y, mask.to(syn.dtype), syn_x, syn_y, m.distance)
             loss.backward(inputs=[syn])
-            total += float(loss)
+            total += float(loss.detach())
         else:
             for c in range(num_classes):
                 real_c, syn_c = real_x[c][mask[c]], syn[c]

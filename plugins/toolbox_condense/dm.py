@@ -45,4 +45,4 @@ def dm_step(syn: torch.Tensor, opt_img, m: Embedder) -> float:
     opt_img.zero_grad(set_to_none=True)
     loss.backward(inputs=[syn])
     opt_img.step()
-    return float(loss) / num_classes
+    return float(loss.detach()) / num_classes

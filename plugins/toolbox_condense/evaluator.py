@@ -4,7 +4,10 @@ report their accuracy on the real test set after the last epoch.
 SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, E+1 epochs, lr x0.1 after epoch E//2+1
 with the optimiser re-created there (its momentum is dropped, as in the reference). The N models
 train together: their weights are stacked (torch.func.stack_module_state) and one vmapped call does
-every model's step. Each model owns a generator (initialisation, shuffling, augmentation) seeded
+every model's step, which pays where one model's step is too small to keep the hardware busy (tiny
+sets, GPUs). Where a single model's step already is (CPU, 100+ images or CIFAR-sized images), the
+vmapped grouped convolutions are slower than plain ones, so the models train one after another
+instead. Each model owns a generator (initialisation, shuffling, augmentation) seeded
 from (seed, model index), so model i gets the same draws whether it trains alone or with others.
 """
 
@@ -47,11 +50,43 @@ def init_model(build, seed: int):
         return build()
 
 
-def train_models(build, images, labels, protocol: Protocol, seeds: list[int], device):
-    """Train one model per seed on (images, labels); -> (forward(x) -> logits [N, B, K], stacked params)."""
+def stacked_pays(images: torch.Tensor, protocol: Protocol, device) -> bool:
+    """Whether training the models together beats training them one by one.
+
+    Measured with benchmarks/condense_step.py on the CPU (1 thread): stacking wins for digits at
+    ipc 1 (10 8x8 images per step) and loses for 100 8x8 images or 10 CIFAR-sized images per step.
+    """
+    if torch.device(device).type != "cpu":
+        return True
+    per_step = min(images.shape[0], protocol.batch_size) * images[0].numel()
+    return per_step <= 1024
+
+
+def train_models(build, images, labels, protocol: Protocol, seeds: list[int], device, stacked: bool | None = None):
+    """Train one model per seed on (images, labels); -> (forward(x) -> logits [N, B, K], stacked params).
+
+    ``stacked``: train the models together (vmap) or one after another; None picks the faster.
+    Either way model i sees the same initialisation, shuffles and augmentations.
+    """
+    images, labels = images.to(device), labels.to(device)
+    if stacked is None:
+        stacked = stacked_pays(images, protocol, device)
     models = [init_model(build, s).to(device) for s in seeds]
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for model in models for m in model.modules()):
+    if stacked and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for model in models for m in model.modules()):
         raise ValueError("the batched evaluator does not train batch-norm models (running statistics under vmap)")
+    gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
+    families = augment.parse_strategy(protocol.augment) if protocol.augment != "none" else None
+    if not stacked:
+        for model, g in zip(models, gens):
+            _train_one(model, images, labels, protocol, families, g, device)
+        params, buffers = stack_module_state(models)
+
+        @torch.no_grad()
+        def forward_all(x):
+            return torch.stack([model.eval()(x) for model in models])
+
+        return forward_all, params
+
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
 
@@ -59,10 +94,7 @@ def train_models(build, images, labels, protocol: Protocol, seeds: list[int], de
         return functional_call(base, (p, b), (x,))
 
     train_forward = vmap(forward_one)
-    gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
-    images, labels = images.to(device), labels.to(device)
     n, count = images.shape[0], len(seeds)
-    families = augment.parse_strategy(protocol.augment) if protocol.augment != "none" else None
     lr = protocol.lr
 
     def optimizer(lr):
@@ -89,6 +121,31 @@ def train_models(build, images, labels, protocol: Protocol, seeds: list[int], de
 
     test_forward = vmap(forward_one, in_dims=(0, 0, None))
     return (lambda x: test_forward(params, buffers, x)), params
+
+
+def _train_one(model, images, labels, protocol: Protocol, families, g: torch.Generator, device) -> None:
+    """The same schedule and the same draws from ``g`` as one model of the stacked path."""
+    n, lr = images.shape[0], protocol.lr
+    model.train()
+
+    def optimizer(lr):
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+
+    opt = optimizer(lr)
+    for ep in range(protocol.epochs + 1):
+        perm = torch.randperm(n, generator=g).to(device)
+        for start in range(0, n, protocol.batch_size):
+            idx = perm[start:start + protocol.batch_size]
+            xb = images[idx]
+            if families is not None:
+                xb = augment.apply(xb, augment.draw(idx.shape[0], families, images.shape[-1], g, one_family=True))
+            loss = F.cross_entropy(model(xb), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if ep == protocol.epochs // 2 + 1:
+            lr *= 0.1
+            opt = optimizer(lr)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import torch
 
 from toolbox import artifacts, data
 from toolbox.errors import UsageError
-from toolbox.evaluation import accuracy
+from toolbox.evaluation import accuracy, check_options
 from toolbox.registry import current
 
 from .flatnet import FlatNet
@@ -120,6 +120,7 @@ def train_fds(recipe, run) -> dict:
 
 
 def evaluate_model(source, options: dict, device) -> dict:
+    check_options(options, (), "evaluating an fds model")
     metric = options.get("metric") or "accuracy"
     if metric != "accuracy":
         raise UsageError(f"fds models support --metric accuracy, not '{metric}'")

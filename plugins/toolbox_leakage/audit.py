@@ -10,6 +10,7 @@ import torch
 
 from toolbox import artifacts, data
 from toolbox.errors import UsageError
+from toolbox.evaluation import check_options
 from toolbox.registry import current
 
 from .idlg import extract_label, reconstruct, victim_gradient
@@ -18,6 +19,7 @@ SUCCESS_MSE = 1e-3  # the spec's "recovered" threshold, in [0, 1] pixel space
 
 
 def _options(options: dict) -> dict:
+    check_options(options, ("mode", "split", "n", "iters", "seed", "untrained"), "the gradient-leakage audit")
     mode = options.get("mode") or "idlg"
     if mode not in ("idlg", "dlg"):
         raise UsageError(f"--mode must be idlg or dlg, not '{mode}'")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from toolbox import artifacts, data
 from toolbox.errors import UsageError
+from toolbox.evaluation import check_options
 
 from .noise import symmetric_label_noise
 
@@ -46,6 +47,7 @@ def top_eigenvalue(model, x, y, *, iters: int = 100, tol: float = 1e-4, batch_si
 
 def evaluate_hessian(source, options: dict, device) -> dict:
     """Top Hessian eigenvalue of the model's training loss, on the labels it was trained with."""
+    check_options(options, ("split", "samples", "iters", "tol", "seed"), "the hessian metric")
     loaded = artifacts.load_model(source, device=device)
     model = loaded.model.eval()  # batch norm on its running statistics, no dropout
     real = data.load(loaded.config["dataset"])

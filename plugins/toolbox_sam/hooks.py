@@ -68,6 +68,9 @@ def evaluate(method, source, options, device):
         return evaluate_hessian(source, options, device)
     if metric != "accuracy":
         raise UsageError(f"sam models support --metric accuracy or hessian, not '{metric}'")
+    from toolbox.evaluation import check_options
+
+    check_options(options, (), "evaluating a sam model by accuracy")
     from .training import evaluate_accuracy
 
     return evaluate_accuracy(source, device)

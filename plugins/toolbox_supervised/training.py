@@ -5,6 +5,7 @@ from __future__ import annotations
 from toolbox import artifacts, data
 from toolbox.classifier import evaluate_accuracy, fit
 from toolbox.errors import UsageError
+from toolbox.evaluation import check_options
 
 
 def _train_set(recipe):
@@ -28,6 +29,7 @@ def train_classifier(recipe, run) -> dict:
 
 
 def evaluate_classifier(source, options: dict, device) -> dict:
+    check_options(options, (), "evaluating a supervised model")
     metric = options.get("metric") or "accuracy"
     if metric != "accuracy":
         raise UsageError(f"supervised models support --metric accuracy, not '{metric}'")

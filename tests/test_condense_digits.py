@@ -1,0 +1,114 @@
+"""Dataset condensation end to end on digits: DC and DM beat random real images of the same size
+under one protocol, the same seed gives the same synthetic set bit for bit, bad input is one line."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from toolbox import plugins
+from toolbox.cli import cli
+
+CPU = ["--threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins():
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def condense_and_compare(out, *args) -> tuple[dict, dict]:
+    """Condense, then evaluate the set and random real images of the same ipc with the same protocol."""
+    result = invoke("condense", "digits", "--out", out, *args, *CPU)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    result = invoke("evaluate", str(out), "--baselines", "random", "--json", *CPU)
+    assert result.exit_code == 0, result.output
+    return summary, json.loads(result.stdout)
+
+
+def test_dc_ipc1_beats_random_real_images_by_ten_points(tmp_path):
+    summary, report = condense_and_compare(tmp_path / "dc")  # the default: DC, ipc 1, 100 iterations
+    m = report["metrics"]
+    assert len(report["accuracies"]) == 5
+    # evaluating again (same protocol, same seed) reproduces what the run reported
+    assert m["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)
+    assert m["accuracy"] >= 0.78 and m["accuracy"] >= m["random_accuracy"] + 0.10, m
+    assert report["protocol"]["total_epochs"] == 301 and report["protocol"]["ipc"] == 1
+    config = json.loads((tmp_path / "dc" / "config.json").read_text())
+    assert config["ipc"] == 1 and config["method"] == "dc"
+    assert (tmp_path / "dc" / "images" / "synthetic.png").is_file()
+
+
+def test_dm_ipc10_beats_random_real_images(tmp_path):
+    summary, report = condense_and_compare(tmp_path / "dm", "--method", "dm")  # ipc 10, 200 iterations
+    m = report["metrics"]
+    assert report["protocol"]["ipc"] == 10
+    assert m["accuracy"] > m["random_accuracy"], m
+
+
+def _synthetic(run_dir):
+    return load_file(str(run_dir / "synthetic.safetensors"))
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("dc", []),
+    ("dsa", []),  # Siamese augmentation draws from its own generator
+    ("dm", ["--ipc", "2"]),
+])
+def test_same_seed_gives_a_bit_identical_synthetic_set(tmp_path, method, extra):
+    short = ["--method", method, *extra, "-o", "iterations=4", "-o", "eval.models=1", "-o", "eval.epochs=1"]
+    sets = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        result = invoke("condense", "digits", "--out", tmp_path / name, "--seed", seed, *short, *CPU)
+        assert result.exit_code == 0, result.output
+        sets.append(_synthetic(tmp_path / name))
+    assert sets[0].keys() == sets[1].keys() and "images" in sets[0]
+    for key in sets[0]:
+        assert sets[0][key].equal(sets[1][key]), key
+    assert not sets[0]["images"].equal(sets[2]["images"])  # and the seed matters
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["digits", "--ipc", "7"], "error: dc has loop settings for ipc 1, 10, 20, 30, 40, 50 only (got ipc 7); "
+                               "pick one of those or set both -o outer_loop=N -o inner_loop=M"),
+    (["digits", "--method", "dm", "--ipc", "500"], "error: ipc must be between 1 and 131 (the smallest class of "
+                                                   "digits), got 500"),
+    (["digits", "--ipc", "0"], "error: ipc must be between 1 and 131"),
+    (["digitz"], "error: unknown dataset 'digitz' (did you mean 'digits'?); valid: cifar10, cifar100, digits, "
+                 "fashion-mnist, mnist, svhn"),
+    (["mnist"], "error: dataset 'mnist' is missing train-images-idx3-ubyte.gz"),
+    (["cifar10", "--method", "dsa", "--ipc", "1"], "error: dataset 'cifar10' is missing cifar-10-binary.tar.gz"),
+])
+def test_bad_condense_input_is_one_line(tmp_path, args, expected):
+    line = one_line_error(invoke("condense", *args, "--out", tmp_path / "run", *CPU))
+    assert line.startswith(expected), line
+    if "missing" in expected:
+        assert "TOOLBOX_NO_DOWNLOAD is set" in line and "put " in line  # how to fix it
+
+
+def test_evaluating_a_run_that_is_not_a_condensation_is_one_line(tmp_path):
+    result = invoke("train", "supervised", "--arch", "mlp", "--epochs", "1", "--out", tmp_path / "sup", *CPU)
+    assert result.exit_code == 0, result.output
+    line = one_line_error(invoke("evaluate", str(tmp_path / "sup"), "--metric", "dm", *CPU))
+    assert line.startswith("error: ") and "is not a condensation run (config.json format is 'toolbox-model')" in line
+    condensed = tmp_path / "dc"
+    assert invoke("condense", "digits", "--out", condensed, "-o", "iterations=1", "-o", "eval.models=1",
+                  "-o", "eval.epochs=1", *CPU).exit_code == 0
+    line = one_line_error(invoke("evaluate", str(condensed), "--baselines", "random,coreset", *CPU))
+    assert line == "error: unknown baseline(s) coreset; valid: random, herding, kcenter, whole"
