@@ -38,7 +38,8 @@ class Method:
     name: what users type (``toolbox train <name>``).
     verbs: the operation hooks the plugin answers for this method.
     summary: one line for ``toolbox methods``.
-    schema: the pydantic recipe model, or a zero-argument callable returning it (keeps imports lazy).
+    schema: the pydantic recipe model, a "package.module:Class" string, or a zero-argument callable
+        returning it (the last two keep imports lazy).
     default_recipe: recipe name (see ``toolbox recipes``) or path used when no -r is given.
     options: extra CLI options (``--name value``) that are shortcuts for recipe keys.
     paper: citation shown in cards.
@@ -59,9 +60,25 @@ class Method:
 
     def recipe_model(self):
         schema = self.schema
+        if isinstance(schema, str):
+            return resolve(schema)
         if isinstance(schema, type):
             return schema
         return schema()
+
+
+def recipes_by_dataset_and_arch(prefix: str) -> Callable[[dict], list[str]]:
+    """A ``choose_recipe`` for methods whose recipes are named ``<prefix>/<dataset>-<arch slug>``
+    with ``<prefix>/<dataset>`` as the fallback: ``--dataset cifar10 --arch wrn-16-8`` picks
+    ``<prefix>/cifar10-wrn16_8`` when it exists."""
+
+    def choose(values: dict) -> list[str]:
+        dataset = values.get("dataset", "digits")
+        arch = values.get("arch")
+        slug = arch.replace("wrn-", "wrn").replace("-", "_") if arch else None
+        return ([f"{prefix}/{dataset}-{slug}"] if slug else []) + [f"{prefix}/{dataset}"]
+
+    return choose
 
 
 @dataclass

@@ -15,11 +15,6 @@ SUMMARIES = {
 DEFAULT_IPC = {"digits": {"dc": 1, "dsa": 1, "dm": 10}}
 
 
-def _schema():
-    from .recipe import CondenseRecipe
-
-    return CondenseRecipe
-
 
 def _chooser(method: str):
     def choose(values: dict) -> list[str]:
@@ -34,7 +29,7 @@ def _chooser(method: str):
 def register_methods(register):
     for name, (summary, paper) in SUMMARIES.items():
         register(Method(
-            name=name, verbs=("condense", "evaluate"), summary=summary, schema=_schema,
+            name=name, verbs=("condense", "evaluate"), summary=summary, schema="toolbox_condense.recipe:CondenseRecipe",
             default_recipe=f"condense/digits-{name}-ipc{DEFAULT_IPC['digits'][name]}",
             choose_recipe=_chooser(name),
             options={

@@ -1,20 +1,7 @@
 """FDS's hooks: registration and dispatch only (no torch at import)."""
 
 from toolbox.hookspecs import hookimpl
-from toolbox.registry import Method, Option
-
-
-def _schema():
-    from .recipe import FDSRecipe
-
-    return FDSRecipe
-
-
-def _choose(values: dict) -> list[str]:
-    dataset = values.get("dataset", "digits")
-    arch = values.get("arch")
-    slug = arch.replace("wrn-", "wrn").replace("-", "_") if arch else None
-    return ([f"fds/{dataset}-{slug}"] if slug else []) + [f"fds/{dataset}"]
+from toolbox.registry import Method, Option, recipes_by_dataset_and_arch
 
 
 @hookimpl
@@ -24,9 +11,9 @@ def register_methods(register):
         verbs=("train", "evaluate"),
         summary="Learn a learning-rate schedule, momentum and weight decay by forward-mode hypergradients "
                 "shared over windows of the horizon, then retrain with it (Micaelli & Storkey 2021)",
-        schema=_schema,
+        schema="toolbox_fds.recipe:FDSRecipe",
         default_recipe="fds/digits",
-        choose_recipe=_choose,
+        choose_recipe=recipes_by_dataset_and_arch("fds"),
         options={
             "dataset": Option("data.dataset", "dataset name (see `toolbox datasets`)"),
             "arch": Option("model.arch", "architecture (see `toolbox models`)"),

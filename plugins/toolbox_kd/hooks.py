@@ -4,19 +4,13 @@ from toolbox.hookspecs import hookimpl
 from toolbox.registry import Method, Option
 
 
-def _schema():
-    from .recipe import KDRecipe
-
-    return KDRecipe
-
-
 @hookimpl
 def register_methods(register):
     register(Method(
         name="kd",
         verbs=("distill", "train", "evaluate"),
         summary="Knowledge distillation: Hinton KD, attention transfer, and few-shot KD+AT (the ZSKT paper's baseline)",
-        schema=_schema,
+        schema="toolbox_kd.recipe:KDRecipe",
         default_recipe="kd/digits",
         options={
             "teacher": Option("teacher.source", "teacher run dir, model folder or hf-hub:org/name@rev"),

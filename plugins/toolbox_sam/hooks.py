@@ -2,20 +2,7 @@
 
 from toolbox.errors import UsageError
 from toolbox.hookspecs import hookimpl
-from toolbox.registry import Method, Option
-
-
-def _schema():
-    from .recipe import SAMRecipe
-
-    return SAMRecipe
-
-
-def _choose(values: dict) -> list[str]:
-    dataset = values.get("dataset", "digits")
-    arch = values.get("arch")
-    slug = arch.replace("wrn-", "wrn").replace("-", "_") if arch else None
-    return ([f"sam/{dataset}-{slug}"] if slug else []) + [f"sam/{dataset}"]
+from toolbox.registry import Method, Option, recipes_by_dataset_and_arch
 
 
 @hookimpl
@@ -25,9 +12,9 @@ def register_methods(register):
         verbs=("train", "evaluate"),
         summary="Sharpness-aware minimisation around SGD: SAM (Foret et al. 2021), ASAM (--adaptive), "
                 "Fisher-SAM (--fisher, Kim et al. 2022); optional symmetric label noise",
-        schema=_schema,
+        schema="toolbox_sam.recipe:SAMRecipe",
         default_recipe="sam/digits",
-        choose_recipe=_choose,
+        choose_recipe=recipes_by_dataset_and_arch("sam"),
         options={
             "dataset": Option("data.dataset", "dataset name (see `toolbox datasets`)"),
             "arch": Option("model.arch", "architecture (see `toolbox models`)"),

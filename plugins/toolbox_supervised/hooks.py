@@ -1,20 +1,7 @@
 """Built-in plugin: plain supervised training of a classifier (the teachers of the papers)."""
 
 from toolbox.hookspecs import hookimpl
-from toolbox.registry import Method, Option
-
-
-def _schema():
-    from .recipe import SupervisedRecipe
-
-    return SupervisedRecipe
-
-
-def _choose(values: dict) -> list[str]:
-    dataset = values.get("dataset", "digits")
-    arch = values.get("arch")
-    slug = arch.replace("wrn-", "wrn").replace("-", "_") if arch else None
-    return ([f"supervised/{dataset}-{slug}"] if slug else []) + [f"supervised/{dataset}"]
+from toolbox.registry import Method, Option, recipes_by_dataset_and_arch
 
 
 @hookimpl
@@ -23,9 +10,9 @@ def register_methods(register):
         name="supervised",
         verbs=("train", "evaluate"),
         summary="Supervised training of a classifier with SGD (the papers' teachers); also on a condensed set",
-        schema=_schema,
+        schema="toolbox_supervised.recipe:SupervisedRecipe",
         default_recipe="supervised/digits",
-        choose_recipe=_choose,
+        choose_recipe=recipes_by_dataset_and_arch("supervised"),
         options={
             "dataset": Option("data.dataset", "dataset name (see `toolbox datasets`)"),
             "arch": Option("model.arch", "architecture (see `toolbox models`)"),

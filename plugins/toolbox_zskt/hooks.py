@@ -4,12 +4,6 @@ from toolbox.hookspecs import hookimpl
 from toolbox.registry import Method, Option
 
 
-def _schema():
-    from .recipe import ZSKTRecipe
-
-    return ZSKTRecipe
-
-
 @hookimpl
 def register_methods(register):
     register(Method(
@@ -17,7 +11,7 @@ def register_methods(register):
         verbs=("train", "distill", "evaluate"),
         summary="Zero-shot knowledge transfer by adversarial belief matching: a student learns from a teacher "
                 "without any real training image (Micaelli & Storkey 2019)",
-        schema=_schema,
+        schema="toolbox_zskt.recipe:ZSKTRecipe",
         default_recipe="zskt/digits",
         options={
             "teacher": Option("teacher.source", "teacher run dir, model folder or hf-hub:org/name@rev"),

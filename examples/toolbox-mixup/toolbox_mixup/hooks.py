@@ -8,19 +8,13 @@ from toolbox.hookspecs import hookimpl
 from toolbox.registry import Method, Option
 
 
-def _schema():
-    from .recipe import MixupRecipe
-
-    return MixupRecipe
-
-
 @hookimpl
 def register_methods(register):
     register(Method(
         name="mixup",
         verbs=("train", "evaluate"),
         summary="mixup: train on convex combinations of image pairs and of their labels (Zhang et al. 2018)",
-        schema=_schema,
+        schema="toolbox_mixup.recipe:MixupRecipe",  # imported on first validation, not at load
         default_recipe="mixup/digits",
         options={
             "dataset": Option("data.dataset", "dataset name (see `toolbox datasets`)"),
