@@ -112,6 +112,16 @@ def test_learns_a_schedule_from_zero_learning_rates_to_95_percent(tmp_path):
     assert len(split["val_indices"]) == round(0.2 * n_train) and max(split["val_indices"]) < n_train
     info = json.loads((run_dir / "run.json").read_text())
     assert info["records"]["val_split"]["val"] == len(split["val_indices"])
+    # evaluate reads the saved model back: the same accuracy, with the schedule it was trained with
+    from click.testing import CliRunner
+
+    from toolbox.cli import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert report["schedule"]["learning_rates"] == pytest.approx(schedule["learning_rates"])
 
 
 def test_resumed_run_learns_the_same_schedule(tmp_path, monkeypatch):

@@ -116,12 +116,13 @@ def fit(recipe, run, real, train_x, train_y, title: str):
     return model, {"accuracy": metrics["accuracy"], "train_loss": metrics["train_loss"]}
 
 
-def evaluate_accuracy(source, device) -> dict:
-    """Test accuracy of a saved classifier on the test split of the dataset it was trained for."""
+def evaluate_accuracy(source, device, config_keys: tuple[str, ...] = ()) -> dict:
+    """Test accuracy of a saved classifier on the test split of the dataset it was trained for, with the
+    config.json entries named in ``config_keys`` reported beside it (an FDS model's learned schedule)."""
     loaded = artifacts.load_model(source, device=device)
     real = data.load(loaded.config["dataset"])
     if tuple(loaded.config["input_shape"]) != tuple(real.shape):
         raise UsageError(f"model expects input {loaded.config['input_shape']} but {real.name} is {list(real.shape)}")
     acc = accuracy(loaded.model, real.test_x, real.test_y, mean=loaded.mean, std=loaded.std, device=device)
     return {"metrics": {"accuracy": acc, "error": 1 - acc}, "dataset": real.name, "test_images": len(real.test_y),
-            "architecture": loaded.config["architecture"]}
+            "architecture": loaded.config["architecture"], **{k: loaded.config.get(k) for k in config_keys}}

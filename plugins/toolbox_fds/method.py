@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from toolbox import artifacts, data
+from toolbox import data
+from toolbox.classifier import evaluate_accuracy
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, check_options
 from toolbox.registry import current
@@ -124,9 +125,5 @@ def evaluate_model(source, options: dict, device) -> dict:
     metric = options.get("metric") or "accuracy"
     if metric != "accuracy":
         raise UsageError(f"fds models support --metric accuracy, not '{metric}'")
-    loaded = artifacts.load_model(source, device=device)
-    real = data.load(loaded.config["dataset"])
-    acc = accuracy(loaded.model, real.test_x, real.test_y, mean=loaded.mean, std=loaded.std, device=device)
-    return {"metrics": {"accuracy": acc, "error": 1 - acc}, "dataset": real.name, "test_images": len(real.test_y),
-            "schedule": loaded.config.get("schedule")}
+    return evaluate_accuracy(source, device, config_keys=("schedule",))
 
