@@ -23,7 +23,7 @@ def test_shipped_recipe_validates(recipe):
     ("sam", {"dataset": "cifar10", "arch": "wrn-16-8"}, "sam/cifar10-wrn16_8"),
     ("supervised", {"dataset": "cifar10", "arch": "wrn-40-2"}, "supervised/cifar10-wrn40_2"),
     ("fds", {"dataset": "cifar10", "arch": "wrn-16-1"}, "fds/cifar10-wrn16_1"),
-    ("supervised", {"dataset": "digits", "arch": "mlp"}, "supervised/digits"),  # no such pair: the dataset's
+    ("supervised", {"dataset": "digits", "arch": "mlp"}, "supervised/digits"),  # no digits-mlp recipe: the dataset's
     ("dm", {"dataset": "cifar10", "ipc": "50"}, "condense/cifar10-dm-ipc50"),
 ])
 def test_cli_options_pick_the_matching_shipped_recipe(method, values, expected):

@@ -59,12 +59,8 @@ class Method:
     plugin: str = ""  # filled in by the registry: the plugin that registered it
 
     def recipe_model(self):
-        schema = self.schema
-        if isinstance(schema, str):
-            return resolve(schema)
-        if isinstance(schema, type):
-            return schema
-        return schema()
+        schema = resolve(self.schema)
+        return schema if isinstance(schema, type) else schema()
 
 
 def recipes_by_dataset_and_arch(prefix: str) -> Callable[[dict], list[str]]:
