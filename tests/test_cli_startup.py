@@ -1,5 +1,5 @@
 """`toolbox --help`, `toolbox plugins` and `toolbox uninstall` never import torch, with every built-in
-plugin and the example third-party plugin (examples/toolbox-mixup) loaded. Each case runs in a fresh
+plugin and the example third-party plugin (examples/toolbox-compression-mixup) loaded. Each case runs in a fresh
 interpreter, where nothing imported torch before. Speed is measured in benchmarks/cli_startup.py."""
 
 import json
@@ -28,9 +28,9 @@ def env(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     info = site / "toolbox_mixup-0.1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toolbox-mixup\nVersion: 0.1.0\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toolbox-compression-mixup\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text("[toolbox]\nmixup = toolbox_mixup.hooks\n")
-    path = os.pathsep.join([str(site), str(REPO / "examples" / "toolbox-mixup")])
+    path = os.pathsep.join([str(site), str(REPO / "examples" / "toolbox-compression-mixup")])
     environ = {k: v for k, v in os.environ.items() if k not in ("TOOLBOX_LOAD_PLUGINS", "TOOLBOX_STRICT")}
     return {**environ, "PYTHONPATH": path, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
 

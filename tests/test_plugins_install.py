@@ -1,5 +1,5 @@
 """A third-party plugin end to end, in a fresh virtual environment: `toolbox install` the example
-plugin examples/toolbox-mixup, see it in `toolbox plugins` and `toolbox recipes`, train and evaluate
+plugin examples/toolbox-compression-mixup, see it in `toolbox plugins` and `toolbox recipes`, train and evaluate
 with it, `toolbox uninstall` it.
 
 Offline by construction: pip reads no config file and no index, builds without isolation and installs
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "toolbox-mixup"
+EXAMPLE = REPO / "examples" / "toolbox-compression-mixup"
 # the venv gets no `toolbox` script of its own (toolbox comes from the parent environment)
 TOOLBOX = "import sys; from toolbox.cli import main; sys.argv[0] = 'toolbox'; main()"
 
@@ -26,7 +26,7 @@ TOOLBOX = "import sys; from toolbox.cli import main; sys.argv[0] = 'toolbox'; ma
 @pytest.fixture
 def venv(tmp_path):
     if importlib.util.find_spec("toolbox_mixup") is not None:
-        pytest.skip("toolbox-mixup is installed in this environment already; the test installs its own copy")
+        pytest.skip("toolbox-compression-mixup is installed in this environment already; the test installs its own copy")
     env_dir = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)], check=True)
     python = env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
@@ -57,12 +57,12 @@ def test_install_list_train_evaluate_and_uninstall_a_plugin(venv, tmp_path):
         return result
 
     # a copy: building writes build/ and *.egg-info next to the sources
-    source = shutil.copytree(EXAMPLE, tmp_path / "toolbox-mixup",
+    source = shutil.copytree(EXAMPLE, tmp_path / "toolbox-compression-mixup",
                              ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     toolbox("install", "--no-deps", str(source))
 
     listed = {p["name"]: p for p in json.loads(toolbox("plugins", "--json").stdout)}
-    assert listed["mixup"] == {"name": "mixup", "distribution": "toolbox-mixup", "version": "0.1.0",
+    assert listed["mixup"] == {"name": "mixup", "distribution": "toolbox-compression-mixup", "version": "0.1.0",
                                "hooks": ["evaluate", "register_methods", "register_recipes", "train"],
                                "methods": ["mixup"], "status": "loaded"}
     assert listed["supervised"]["status"] == "loaded"  # the built-ins load beside it
@@ -75,14 +75,14 @@ def test_install_list_train_evaluate_and_uninstall_a_plugin(venv, tmp_path):
     toolbox("train", "mixup", "--epochs", "2", "--alpha", "0.4", "--threads", "1", "--device", "cpu", "--out", "run")
     run = tmp_path / "run"
     info = json.loads((run / "run.json").read_text())
-    assert (info["status"], info["distribution"], info["plugin_version"]) == ("finished", "toolbox-mixup", "0.1.0")
+    assert (info["status"], info["distribution"], info["plugin_version"]) == ("finished", "toolbox-compression-mixup", "0.1.0")
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert "alpha: 0.4" in (run / "recipe.yaml").read_text()
     report = json.loads(toolbox("evaluate", str(run), "--json", "--device", "cpu", "--threads", "1").stdout)
     assert report["method"] == "mixup" and report["alpha"] == 0.4
     assert report["metrics"]["accuracy"] > 0.8  # 10 classes: chance is 0.1
 
-    toolbox("uninstall", "toolbox-mixup")
+    toolbox("uninstall", "toolbox-compression-mixup")
     after = {p["name"] for p in json.loads(toolbox("plugins", "--json").stdout)}
     assert "mixup" not in after and "supervised" in after
     gone = toolbox("train", "mixup", ok=False)

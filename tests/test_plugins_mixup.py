@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def mixup(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "examples" / "toolbox-mixup"))
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "toolbox-compression-mixup"))
     import toolbox_mixup.training
 
     yield toolbox_mixup.training

@@ -73,11 +73,11 @@ def test_supervised_resume_matches_an_uninterrupted_run(monkeypatch, tmp_path):
 
 def test_mixup_example_plugin_resume_matches_an_uninterrupted_run(monkeypatch, tmp_path):
     """The example plugin draws lambda from the global RNG and pairs from run.generator: both restored."""
-    monkeypatch.syspath_prepend(str(REPO / "examples" / "toolbox-mixup"))
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "toolbox-compression-mixup"))
     import toolbox_mixup.hooks
 
     try:
-        plugins.load().add_plugin("mixup", toolbox_mixup.hooks, dist="toolbox-mixup", version="0.1.0")
+        plugins.load().add_plugin("mixup", toolbox_mixup.hooks, dist="toolbox-compression-mixup", version="0.1.0")
         assert_resume_is_exact(monkeypatch, tmp_path, ["train", "mixup", "--epochs", "4", "--alpha", "1.0",
                                                        "--threads", "1", "--device", "cpu"], epochs=4)
     finally:

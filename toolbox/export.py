@@ -45,7 +45,7 @@ def export_model(ref, fmt: str, output=None) -> Path:
         try:
             import onnx
         except ImportError:
-            raise UsageError("ONNX export needs the optional extra: pip install 'toolbox[onnx]'") from None
+            raise UsageError(f"ONNX export needs the optional extra: pip install '{DISTRIBUTION}[onnx]'") from None
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
         proto = onnx.load(str(path))

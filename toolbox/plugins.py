@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 import pluggy
 
-from . import hookspecs
+from . import DISTRIBUTION, hookspecs
 from .errors import RunError, ToolboxError, UsageError
 from .registry import VERBS, Registry, set_current
 
@@ -62,7 +62,7 @@ class Plugins:
     def load_entry_points(self) -> None:
         from . import builtins
 
-        self._add(CORE, builtins, dist="toolbox", version=None)
+        self._add(CORE, builtins, dist=DISTRIBUTION, version=None)
         wanted = _selected()
         for ep in sorted(entry_points(group="toolbox"), key=lambda e: e.name):
             if wanted is not None and ep.name not in wanted:

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from .. import DISTRIBUTION
 from ..errors import ToolboxError
 
 
@@ -54,7 +55,7 @@ def debug_enabled(ctx) -> bool:
 
 @click.group(cls=ToolboxGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
-@click.version_option(package_name="toolbox", prog_name="toolbox")
+@click.version_option(package_name=DISTRIBUTION, prog_name="toolbox")
 def cli(debug):
     """Model compression and data-efficient learning methods, as plugins.
 
