@@ -162,3 +162,58 @@ def test_offline_uses_the_cache_and_says_what_is_missing(hub, tmp_path):
     assert _evaluate(offline, "hf-hub:org/offline")["metrics"]["accuracy"] == json.loads(
         (run / "summary.json").read_text())["accuracy"]
     assert "not in the local cache" in one_line_failure(toolbox(offline, "pull", "org/never-pulled"))
+
+
+def _student(env, teacher, out):
+    result = toolbox(env, "distill", "kd", "-r", "kd/digits", "--teacher", teacher, "--student", "mlp", "-o",
+                     "schedule.epochs=1", "-o", "schedule.milestones=[]", "--out", out, "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_a_student_travels_with_its_teacher(hub, tmp_path):
+    teacher = _train(tmp_path / "teacher", 0)
+    env = _env(hub, tmp_path / "hf")
+    student = _student(env, teacher, tmp_path / "student")
+    assert json.loads((student / "config.json").read_text())["teacher"]["path"] == str(teacher)
+    before = (student / "config.json").read_text()
+
+    refused = toolbox(env, "push", student, "org/student")
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"error: the student's teacher is a local folder ({teacher}) that no other machine can load; "
+        "push it too with --push-teacher ORG/NAME"), refused.stderr
+    assert (student / "config.json").read_text() == before
+
+    pushed = toolbox(env, "push", student, "org/student", "--push-teacher", "org/student-teacher")
+    assert pushed.returncode == 0, pushed.stderr
+    recorded = json.loads((student / "config.json").read_text())["teacher"]
+    assert recorded["repo"] == "org/student-teacher" and len(recorded["commit"]) == 40
+
+    # "another machine": an empty Hub cache, and the local teacher gone
+    teacher.rename(tmp_path / "elsewhere")
+    other = _env(hub, tmp_path / "hf-other")
+    report = _evaluate(other, "hf-hub:org/student")
+    assert report["teacher"]["repo"] == "org/student-teacher" and report["teacher"]["commit"] == recorded["commit"]
+    assert {"accuracy", "teacher_accuracy", "agreement"} <= set(report["metrics"])
+    pulled = toolbox(other, "pull", "org/student")
+    config = json.loads(open(os.path.join(pulled.stdout.split("path:")[1].split()[0], "config.json")).read())
+    assert "path" not in config["teacher"] and "ref" not in config["teacher"]  # no local path of the pushing machine
+
+    # a student whose Hub teacher is already portable pushes without --push-teacher
+    again = _student(env, f"hf-hub:org/student-teacher@{recorded['commit']}", tmp_path / "student2")
+    assert toolbox(env, "push", again, "org/student2").returncode == 0
+
+
+def test_a_missing_local_teacher_is_named_with_what_to_pass(tmp_path):
+    from toolbox.distilled import teacher_ref
+    from toolbox.errors import UsageError
+
+    gone = str(tmp_path / "gone")
+    with pytest.raises(UsageError) as local:
+        teacher_ref({"teacher": {"path": gone, "ref": gone, "architecture": "wrn-16-2"}}, None)
+    assert str(local.value) == (f"the student was distilled from a wrn-16-2 teacher at {gone}, which is not on this "
+                                "machine and was never pushed to the Hub; pass that teacher with --teacher "
+                                "RUN_DIR_OR_HF_REF (push students with --push-teacher to avoid this)")
+    with pytest.raises(UsageError, match=r"recreate it with `toolbox train supervised -r supervised/digits`"):
+        teacher_ref({"teacher": {"path": gone, "architecture": "wrn-16-2", "recipe": "supervised/digits"}}, None)
+    assert teacher_ref({"teacher": {"path": gone, "repo": "org/t", "commit": "a" * 40}}, None) == f"hf-hub:org/t@{'a' * 40}"

@@ -24,8 +24,16 @@ def teacher_ref(config: dict, override: str | None) -> str:
         return f"hf-hub:{info['repo']}@{info['commit']}"
     if info.get("path") and Path(info["path"]).exists():
         return info["path"]
-    raise UsageError("the student's teacher is not available here (config.json records "
-                     f"{info.get('ref') or 'none'}); pass it with --teacher RUN_DIR_OR_HF_REF")
+    if not info:
+        raise UsageError("the student's config.json records no teacher; pass it with --teacher RUN_DIR_OR_HF_REF")
+    what = f"a {info.get('architecture', 'model')} teacher at {info.get('path') or info.get('ref')}"
+    if info.get("recipe"):  # a default teacher: its recipe recreates it exactly (seeded, cached)
+        how = (f"recreate it with `toolbox train supervised -r {info['recipe']}` and pass that run's folder with "
+               "--teacher, or pass a copy of the original with --teacher RUN_DIR")
+    else:
+        how = "pass that teacher with --teacher RUN_DIR_OR_HF_REF (push students with --push-teacher to avoid this)"
+    raise UsageError(f"the student was distilled from {what}, which is not on this machine and was never pushed "
+                     f"to the Hub; {how}")
 
 
 def evaluate_student(source, options: dict, device, out, method: str = "distilled") -> dict:

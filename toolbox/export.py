@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+from . import DISTRIBUTION
 from .artifacts import load_model, resolve_source
 from .errors import UsageError
 

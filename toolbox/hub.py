@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .artifacts import CONDENSED_FORMAT, PICKLE_SUFFIXES, Source, read_config
 from .errors import CheckpointError, RunError, UsageError
+from .state import atomic_write_text
 
 ALLOW = ["*.safetensors", "*.json", "*.jsonl", "*.yaml", "*.md", "images/*.png"]
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -109,7 +110,7 @@ def build_card(config: dict, run_info: dict, repo: str, paper: str) -> str:
     tags = ["toolbox", method, "image-classification", dataset, *_arxiv_tags(paper)]
     condensed = config.get("format") == CONDENSED_FORMAT
     lines = [f"# {repo}", "",
-             f"{'A condensed dataset' if condensed else 'A model'} made with [toolbox](https://pypi.org/project/toolbox) "
+             f"{'A condensed dataset' if condensed else 'A model'} made with [toolbox](https://pypi.org/project/toolbox-compression) "
              f"by the `{method}` method on `{dataset}`.", ""]
     if paper:
         lines += [f"Paper: {paper}", ""]
@@ -132,9 +133,38 @@ def build_card(config: dict, run_info: dict, repo: str, paper: str) -> str:
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
+def portable_teacher(config: dict, run_dir: Path, teacher_repo: str | None, push_one) -> dict | None:
+    """The student's teacher as another machine can find it: a Hub repo at an exact commit.
+
+    A teacher that came from the Hub is already that (its local cache path is dropped). A local
+    teacher is pushed to ``teacher_repo`` first (``push_one(folder, repo)`` -> commit sha) and the
+    student's own config.json learns where it went; without ``teacher_repo`` the push is refused,
+    since a student whose teacher nobody else can load cannot be evaluated elsewhere."""
+    teacher = config.get("teacher")
+    if not teacher:
+        return None
+    kept = {k: v for k, v in teacher.items() if k not in ("path", "ref")}
+    if teacher.get("repo") and teacher.get("commit"):
+        return kept
+    local = teacher.get("path") or teacher.get("ref")
+    if not teacher_repo:
+        raise UsageError(f"the student's teacher is a local folder ({local}) that no other machine can load; "
+                         f"push it too with --push-teacher ORG/NAME")
+    if not local or not (Path(local) / "config.json").is_file():
+        raise UsageError(f"the student's teacher ({local or 'unrecorded'}) is not on this machine any more, so it "
+                         "cannot be pushed; push the student from the machine that has it")
+    commit = push_one(Path(local), teacher_repo)
+    kept.update(repo=parse_ref(teacher_repo, "model")[0], commit=commit)
+    teacher.update(repo=kept["repo"], commit=commit)  # the local student now knows it too
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    return kept
+
+
 def push(run_dir: Path, repo: str, *, private: bool = False, revision: str | None = None, create_pr: bool = False,
-         message: str | None = None):
-    """One commit with the artifact, its config, recipe, metrics and a card (never over the user's own)."""
+         message: str | None = None, teacher_repo: str | None = None):
+    """One commit with the artifact, its config, recipe, metrics and a card (never over the user's own).
+
+    A distilled student is pushed only with a teacher other machines can load (see portable_teacher)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from .registry import current
@@ -146,6 +176,8 @@ def push(run_dir: Path, repo: str, *, private: bool = False, revision: str | Non
     weights = run_dir / config.get("weights", "model.safetensors")
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no {weights.name}: push a finished run")
+    teacher = portable_teacher(config, run_dir, teacher_repo, lambda folder, to: push(
+        folder, to, private=private, message=f"toolbox push: the teacher of {repo}").oid)
     run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     files = [weights, run_dir / "config.json"] + [run_dir / n for n in ("recipe.yaml", "metrics.jsonl", "summary.json")
                                                    if (run_dir / n).is_file()]
@@ -160,6 +192,9 @@ def push(run_dir: Path, repo: str, *, private: bool = False, revision: str | Non
         if revision and not create_pr:
             api.create_branch(repo, branch=revision, repo_type=repo_type, exist_ok=True)
         ops = [CommitOperationAdd(path_in_repo=str(p.relative_to(run_dir)), path_or_fileobj=str(p)) for p in files]
+        if teacher is not None:
+            config = {**config, "teacher": teacher}
+            ops[1] = CommitOperationAdd(path_in_repo="config.json", path_or_fileobj=json.dumps(config, indent=2).encode())
         if not api.file_exists(repo, "README.md", repo_type=repo_type, revision=revision if not create_pr else None):
             card = build_card(config, run_info, repo, paper)
             ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))

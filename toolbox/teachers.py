@@ -20,6 +20,17 @@ def load_teacher(source: str, default_recipe: str, device):
     return loaded
 
 
+def teacher_record(loaded, source: str, default_recipe: str) -> dict:
+    """What a student's run.json and config.json record of its teacher: where it came from (a Hub repo
+    at its exact commit, or a local folder), what it is, and for a default teacher the recipe that
+    recreates it, so a student moved to another machine can say exactly what it needs."""
+    record = {**loaded.source.describe(), "architecture": loaded.config["architecture"],
+              "accuracy": (loaded.config.get("metrics") or {}).get("accuracy")}
+    if not source:
+        record["recipe"] = default_recipe
+    return record
+
+
 def freeze(model) -> None:
     """Eval mode (BN uses its running statistics) and no parameter gradients: gradients still flow
     through the teacher to its input (the generator step), but none are computed for its weights."""

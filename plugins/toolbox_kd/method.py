@@ -13,7 +13,7 @@ from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, predict
 from toolbox.losses import attention_loss, kd_loss
 from toolbox.registry import current
-from toolbox.teachers import load_teacher
+from toolbox.teachers import load_teacher, teacher_record
 
 from .features import FeatureTap, check_attention_pairs, default_layers
 from .shots import sample_shots, scaled_schedule
@@ -62,8 +62,7 @@ def train_kd(recipe, run) -> dict:
         if loaded.config["num_classes"] != spec.num_classes or tuple(loaded.config["input_shape"]) != tuple(spec.shape):
             raise UsageError(f"teacher was trained on {loaded.config.get('dataset')} ({loaded.config['num_classes']} classes, "
                              f"input {loaded.config['input_shape']}), not {spec.name}; pick a teacher for this dataset")
-        teacher_info = {**loaded.source.describe(), "architecture": loaded.config["architecture"],
-                        "accuracy": (loaded.config.get("metrics") or {}).get("accuracy")}
+        teacher_info = teacher_record(loaded, recipe.teacher.source, recipe.teacher.recipe)
         run.record(teacher=teacher_info)
     s_tap = t_tap = None
     if uses_at:

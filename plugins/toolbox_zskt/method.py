@@ -12,7 +12,7 @@ import torch
 from toolbox import data
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, predict
-from toolbox.teachers import load_teacher
+from toolbox.teachers import load_teacher, teacher_record
 
 from .game import Game
 from .generator import Generator
@@ -65,10 +65,7 @@ def train_zskt(recipe, run) -> dict:
     check_pair(teacher, student, spec.shape, teacher_loaded.config["architecture"], recipe.student.arch)
     c, _, w = spec.shape
     generator = Generator(recipe.generator.z_dim, out_channels=c, image_size=w).to(device)
-    teacher_info = {**teacher_loaded.source.describe(), "architecture": teacher_loaded.config["architecture"],
-                    "accuracy": (teacher_loaded.config.get("metrics") or {}).get("accuracy")}
-    if not recipe.teacher.source:
-        teacher_info["recipe"] = recipe.teacher.recipe
+    teacher_info = teacher_record(teacher_loaded, recipe.teacher.source, recipe.teacher.recipe)
     speed = speed_settings(recipe.speed, device)
     run.record(teacher=teacher_info, speed=speed)
 

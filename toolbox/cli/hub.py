@@ -28,12 +28,19 @@ def pull(ctx, ref, repo_type, debug):
 @click.option("--revision", help="Branch to commit to (created if needed).")
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @click.option("--commit-message", "-m", help="Commit message.")
+@click.option("--push-teacher", "teacher_repo", metavar="ORG/NAME",
+              help="For a distilled student whose teacher is local: push the teacher there first and record it.")
 @click.option("--debug", is_flag=True)
 @click.pass_context
-def push(ctx, run_dir, repo, private, revision, create_pr, commit_message, debug):
-    """Upload a finished run (model or condensed set) to REPO as one commit, with a card."""
+def push(ctx, run_dir, repo, private, revision, create_pr, commit_message, teacher_repo, debug):
+    """Upload a finished run (model or condensed set) to REPO as one commit, with a card.
+
+    A distilled student records its teacher as a Hub repo at an exact commit, so it can be evaluated
+    anywhere: a local teacher is pushed too (--push-teacher), or the push is refused.
+    """
     from ..hub import push as push_run
 
     ctx.meta["debug"] = debug
-    info = push_run(run_dir, repo, private=private, revision=revision, create_pr=create_pr, message=commit_message)
+    info = push_run(run_dir, repo, private=private, revision=revision, create_pr=create_pr, message=commit_message,
+                    teacher_repo=teacher_repo)
     click.echo(f"commit: {info.oid}\nurl:    {info.pr_url or info.commit_url}")
