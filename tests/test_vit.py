@@ -26,6 +26,33 @@ def test_lsa_gives_no_attention_to_the_token_itself_and_learns_a_per_head_temper
     assert lsa.scale.grad is not None and lsa.scale.grad.abs().min() > 0
 
 
+@pytest.mark.parametrize("lsa", [False, True])
+def test_fused_attention_equals_the_explicit_softmax_formula(lsa):
+    """forward goes through scaled_dot_product_attention; it must equal softmax(q k^T * scale, masked) v,
+    output and gradients (the per-head temperature included)."""
+    torch.manual_seed(0)
+    attention = Attention(32, heads=4, dim_head=8, lsa=lsa)
+    if lsa:
+        with torch.no_grad():
+            attention.scale.mul_(torch.tensor([0.5, 1.0, 2.0, 3.0]))  # distinct per-head temperatures
+    x = torch.randn(3, 17, 32, requires_grad=True)
+    fused = attention(x)
+    # the hand-written attention the model used before (logits scaled per head, diagonal filled for LSA)
+    q, k, v = attention.to_qkv(x).view(3, 17, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    logits = (q @ k.transpose(-1, -2)) * attention.scale.view(1, -1, 1, 1)
+    if lsa:
+        logits = logits.masked_fill(torch.eye(17, dtype=torch.bool), torch.finfo(logits.dtype).min)
+    explicit = attention.to_out((logits.softmax(-1) @ v).transpose(1, 2).reshape(3, 17, -1))
+    attn, _ = attention.attention_weights(x)
+    assert torch.allclose(attn, logits.softmax(-1), atol=1e-6)
+    assert torch.allclose(fused, explicit, atol=1e-6, rtol=1e-5)
+    params = [x, *attention.parameters()]
+    g_fused = torch.autograd.grad(fused.square().sum(), params)
+    g_explicit = torch.autograd.grad(explicit.square().sum(), params)
+    for a, b in zip(g_fused, g_explicit):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_spt_concatenates_the_image_with_its_four_diagonal_shifts():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) + 1
     s = shift_diagonally(x, 1)

@@ -74,21 +74,31 @@ class Attention(nn.Module):
         else:
             self.register_buffer("scale", scale, persistent=False)
 
-    def attention_weights(self, x):
-        """Softmax attention [B, heads, N, N] and the values [B, heads, N, dim_head]."""
+    def _qkv(self, x):
         b, n, _ = x.shape
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        logits = (q @ k.transpose(-1, -2)) * self.scale.view(1, -1, 1, 1)
+        # the per-head temperature multiplies q: scaled_dot_product_attention takes one scalar scale only
+        return q * self.scale.view(1, -1, 1, 1), k, v
+
+    def attention_weights(self, x):
+        """Softmax attention [B, heads, N, N] and the values [B, heads, N, dim_head] (for inspection;
+        forward computes the same through the fused kernel)."""
+        q, k, v = self._qkv(x)
+        logits = q @ k.transpose(-1, -2)
         if self.lsa:
+            n = x.shape[1]
             eye = torch.eye(n, dtype=torch.bool, device=x.device)
             # the dtype's lowest finite value rather than -inf: exp underflows to exactly 0 either way
             logits = logits.masked_fill(eye, torch.finfo(logits.dtype).min)
         return logits.softmax(dim=-1), v
 
     def forward(self, x):
-        attn, v = self.attention_weights(x)
+        q, k, v = self._qkv(x)
         b, _, n, _ = v.shape
-        return self.to_out((attn @ v).transpose(1, 2).reshape(b, n, -1))
+        # LSA's diagonal mask as a boolean attn_mask (True = may attend): every row keeps n - 1 > 0 keys
+        mask = ~torch.eye(n, dtype=torch.bool, device=x.device) if self.lsa else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class Block(nn.Module):
