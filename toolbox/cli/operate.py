@@ -90,6 +90,8 @@ def condense(ctx, dataset, method_name, extra, **kw):
     """Condense DATASET into a few synthetic images per class (--method dc|dsa|dm, --ipc N)."""
     if not dataset and not kw.get("resume"):
         raise UsageError("name a dataset: toolbox condense DATASET (see `toolbox datasets`)")
+    if kw.get("resume") and ctx.get_parameter_source("method_name") == click.core.ParameterSource.DEFAULT:
+        method_name = None  # the run's own method, whichever it is; a typed --method must match it
     _execute(ctx, "condense", method_name, extra, target=dataset, **kw)
 
 
