@@ -157,13 +157,14 @@ def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx", "torch-export"]), default="safetensors",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(), help="Output path (default: <run>/export/model.<ext>).")
+@click.option("--force", is_flag=True, help="Replace existing export files (never a run's own files).")
 @click.option("--debug", is_flag=True)
 @click.pass_context
-def export(ctx, source, fmt, output, debug):
+def export(ctx, source, fmt, output, force, debug):
     """Export a trained model (run dir or hf-hub:) to safetensors, ONNX or a torch.export program."""
     from ..export import export_model
 
     ctx.meta["debug"] = debug
-    path = export_model(source, fmt, output)
+    path = export_model(source, fmt, output, force=force)
     click.echo(str(path))
     sys.stdout.flush()
