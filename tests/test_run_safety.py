@@ -161,6 +161,16 @@ def test_condense_resume_takes_the_runs_own_method(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "dm" / "run.json").read_text())["status"] == "finished"
 
 
+def test_resume_of_a_garbage_run_record_is_one_line(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{not json")
+    before = snapshot(tmp_path)
+    line = refused(invoke("train", "--resume", "run"))
+    assert line == ("error: run/run.json is not a toolbox run record (unreadable, or no verb and method); "
+                    "the run cannot be continued: start a new one")
+    assert snapshot(tmp_path) == before
+
+
 # --- leftovers of a killed write, and a checkpoint that no longer fits --------------------------------
 
 
