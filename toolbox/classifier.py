@@ -72,10 +72,7 @@ def fit(recipe, run, real, train_x, train_y, title: str):
     start_epoch = 0
     state = run.load_checkpoint()
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch = state["step"]
+        start_epoch = run.restore(state, model=model, optimizer=opt, scheduler=sched)
     gen = run.generator("data")
     aug_gen = run.generator("augment")
     train_x, train_y = train_x.to(device), train_y.to(device)

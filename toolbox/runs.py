@@ -17,11 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import NonFiniteLoss, RunError, UsageError
-from .state import atomic_write_text, load_state, save_state
+from . import __version__, locks
+from .errors import CheckpointError, NonFiniteLoss, RunError, UsageError
+from .state import atomic_write_text, load_state, remove_stale_temporaries, save_state
 
-CHECKPOINT = "checkpoint/state.safetensors"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT = f"{CHECKPOINT_DIR}/state.safetensors"
 
 
 def toolbox_home() -> Path:
@@ -182,6 +183,54 @@ class Run:
         self._truncate_metrics(saved["step"])
         return state
 
+    def restore(self, state: dict, **targets) -> int:
+        """Load ``state[name]`` into each target (a module, an optimizer, a scheduler, or a tensor copied
+        in place) and return ``state["step"]``. A checkpoint that does not fit what the recipe built is
+        one CheckpointError sentence, not torch's dump of every key."""
+        import torch
+
+        for name, target in targets.items():
+            if name not in state:
+                self._mismatch(f"it holds no '{name}'")
+            saved = state[name]
+            if isinstance(target, torch.Tensor):
+                if tuple(saved.shape) != tuple(target.shape):
+                    self._mismatch(f"'{name}' is {list(saved.shape)} in the checkpoint but {list(target.shape)} "
+                                   "in what the recipe builds")
+                with torch.no_grad():
+                    target.copy_(saved.to(target.device))
+                continue
+            if isinstance(target, torch.nn.Module):
+                self._check_module(name, target.state_dict(), saved)
+            try:
+                target.load_state_dict(saved)
+            except (RuntimeError, ValueError, KeyError, IndexError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                self._mismatch(f"'{name}' does not load ({first.rstrip('.:')})")
+        return int(state["step"])
+
+    def _check_module(self, name: str, current: dict, saved: dict) -> None:
+        missing = [k for k in current if k not in saved]
+        extra = [k for k in saved if k not in current]
+        shapes = [k for k in current if k in saved and tuple(current[k].shape) != tuple(saved[k].shape)]
+
+        def some(keys):
+            return ", ".join(keys[:2]) + (f" and {len(keys) - 2} more" if len(keys) > 2 else "")
+
+        if missing or extra:
+            parts = ([f"lacks {some(missing)}"] if missing else []) + ([f"has extra {some(extra)}"] if extra else [])
+            self._mismatch(f"'{name}' in the checkpoint {' and '.join(parts)} compared with the model the recipe builds")
+        if shapes:
+            k = shapes[0]
+            more = f" ({len(shapes) - 1} more tensors differ)" if len(shapes) > 1 else ""
+            self._mismatch(f"'{name}' {k} is {list(saved[k].shape)} in the checkpoint but {list(current[k].shape)} "
+                           f"in the model the recipe builds{more}")
+
+    def _mismatch(self, what: str):
+        raise CheckpointError(f"the checkpoint in {self.dir / CHECKPOINT_DIR} does not fit this run: {what}; "
+                              f"{self.dir / 'recipe.yaml'} or the checkpoint changed since it was written: "
+                              "restore the recipe the run started with, or start a new run")
+
     def _truncate_metrics(self, step: int) -> None:
         path = self.dir / "metrics.jsonl"
         if not path.exists():
@@ -241,54 +290,112 @@ def _default_dir(verb: str, method: str, recipe) -> Path:
 
 def execute(verb: str, method_name: str, recipe_ref: str | None = None, overrides=(), out: str | Path | None = None,
             device: str | None = "auto", resume: str | Path | None = None) -> tuple[Path, dict]:
-    """Run ``method_name`` through ``verb`` (train/distill/condense) and return (run dir, final metrics)."""
+    """Run ``method_name`` through ``verb`` (train/distill/condense) and return (run dir, final metrics).
+
+    With ``resume``, the run's saved verb and method must match ``verb`` and ``method_name`` (empty: any
+    method). The process holds the run directory's lock (toolbox.locks) for as long as it writes it.
+    """
     from . import plugins, recipes
 
     pm = plugins.load()
     if resume is not None:
         run_dir = Path(resume)
-        info_path = run_dir / "run.json"
-        if not info_path.is_file():
-            raise UsageError(f"{run_dir} is not a run directory (no run.json); pass the folder a run wrote")
-        info = json.loads(info_path.read_text())
-        if info.get("status") == "finished":
-            raise UsageError(f"run {run_dir} already finished; nothing to resume")
+        info = _resumable_info(run_dir, verb, method_name)
         verb, method_name = info["verb"], info["method"]
         method = pm.registry.method(method_name, verb)
-        recipe, text = recipes.load_recipe(method, str(run_dir / "recipe.yaml"), ())
     else:
         method = pm.registry.method(method_name, verb)
         recipe, text = recipes.load_recipe(method, recipe_ref, overrides)
         run_dir = Path(out) if out else _default_dir(verb, method_name, recipe)
-        if (run_dir / "run.json").exists():
-            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+        check_new_run_dir(run_dir)
     dev = resolve_device(device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:
-        atomic_write_text(run_dir / "recipe.yaml", text)
-        plugin = pm.plugin_info(method.plugin)
-        atomic_write_text(run_dir / "run.json", json.dumps({
-            "method": method_name, "verb": verb, "plugin": method.plugin,
-            "distribution": plugin.dist if plugin else None,
-            "plugin_version": plugin.version if plugin else None, "toolbox_version": __version__,
-            "seed": recipe.seed, "device": str(dev), "command": sys.argv,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "recipe_hash": recipes.recipe_hash(text), "status": "running",
-        }, indent=2))
-    run = Run(run_dir, recipe, method_name, verb, dev, resumed=resume is not None)
-    _set_status(run_dir, "running", device=str(dev))
-    try:
-        metrics = pm.call(verb, method, recipe=recipe, run=run)
-    except KeyboardInterrupt:
-        _set_status(run_dir, "interrupted")
-        raise RunError(f"interrupted; continue from the last checkpoint with: toolbox {verb} --resume {run_dir}") from None
-    except BaseException:
-        _set_status(run_dir, "failed")
-        raise
-    metrics = {k: _jsonable(v) for k, v in (metrics or {}).items()}
-    atomic_write_text(run_dir / "summary.json", json.dumps(metrics, indent=2))
-    _set_status(run_dir, "finished")
+    with locks.hold(run_dir):
+        if resume is not None:
+            _resumable_info(run_dir, verb, method_name)  # again: it may have finished while we looked
+            recipe, _ = recipes.load_recipe(method, str(run_dir / "recipe.yaml"), ())
+            # a process killed while writing a file atomically leaves its temporary copy
+            for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+                remove_stale_temporaries(folder)
+        else:
+            check_new_run_dir(run_dir)  # again: another process may have started a run here meanwhile
+            atomic_write_text(run_dir / "recipe.yaml", text)
+            plugin = pm.plugin_info(method.plugin)
+            atomic_write_text(run_dir / "run.json", json.dumps({
+                "method": method_name, "verb": verb, "plugin": method.plugin,
+                "distribution": plugin.dist if plugin else None,
+                "plugin_version": plugin.version if plugin else None, "toolbox_version": __version__,
+                "seed": recipe.seed, "device": str(dev), "command": sys.argv,
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "recipe_hash": recipes.recipe_hash(text), "status": "running",
+            }, indent=2))
+        run = Run(run_dir, recipe, method_name, verb, dev, resumed=resume is not None)
+        _set_status(run_dir, "running", device=str(dev))
+        try:
+            metrics = pm.call(verb, method, recipe=recipe, run=run)
+        except KeyboardInterrupt:
+            _set_status(run_dir, "interrupted")
+            raise RunError(f"interrupted; continue from the last checkpoint with: toolbox {verb} --resume {run_dir}") from None
+        except BaseException:
+            _set_status(run_dir, "failed")
+            raise
+        metrics = {k: _jsonable(v) for k, v in (metrics or {}).items()}
+        atomic_write_text(run_dir / "summary.json", json.dumps(metrics, indent=2))
+        _set_status(run_dir, "finished")
     return run_dir, metrics
+
+
+def _run_info(run_dir: Path) -> dict | None:
+    """run.json of ``run_dir``, or None when there is none."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        info = None
+    if not isinstance(info, dict) or not isinstance(info.get("verb"), str) or not isinstance(info.get("method"), str):
+        raise UsageError(f"{path} is not a toolbox run record (unreadable, or no verb and method); "
+                         "the run cannot be continued: start a new one")
+    return info
+
+
+def _resumable_info(run_dir: Path, verb: str, method_name: str | None) -> dict:
+    info = _run_info(run_dir)
+    if info is None:
+        raise UsageError(f"{run_dir} is not a run directory (no run.json); pass the folder a run wrote")
+    made_by = f"toolbox {info['verb']} {info['method']}"
+    if verb != info["verb"] or (method_name and method_name != info["method"]):
+        typed = f"toolbox {verb} {method_name}".rstrip()
+        raise UsageError(f"{run_dir} was made by `{made_by}`, not `{typed}`; "
+                         f"continue it with: toolbox {info['verb']} --resume {run_dir}")
+    if info.get("status") == "finished":
+        raise UsageError(f"run {run_dir} already finished; nothing to resume")
+    return info
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that would overwrite something: an existing run, a folder holding other
+    files, the filesystem root, the home directory or a folder above the current one."""
+    target = Path(run_dir).resolve()
+    cwd = Path.cwd().resolve()
+    danger = ("the filesystem root" if target == Path(target.anchor) else
+              "your home directory" if target == Path.home().resolve() else
+              "a folder above the current directory" if target in cwd.parents else None)
+    if danger:
+        raise UsageError(f"--out {run_dir} is {danger}; a run writes many files into its folder: "
+                         "give a new or empty folder, e.g. --out runs/NAME")
+    if (Path(run_dir) / "run.json").exists():
+        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    if not Path(run_dir).exists():
+        return
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"--out {run_dir} is a file, not a folder; give a new or empty folder")
+    present = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(run_dir).iterdir() if p.name != locks.LOCK_NAME)
+    if present:
+        shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
+        raise UsageError(f"--out {run_dir} is not empty and holds no run ({shown}); a run would overwrite files "
+                         "of the same names: give a new or empty folder")
 
 
 def _set_status(run_dir: Path, status: str, **extra) -> None:
@@ -299,21 +406,45 @@ def _set_status(run_dir: Path, status: str, **extra) -> None:
 
 
 def cached_run(verb: str, method: str, recipe: str | None = None, overrides=(), device: str | None = "auto") -> Path:
-    """Run a method once per resolved recipe and reuse the finished run (e.g. a default teacher)."""
+    """Run a method once per resolved recipe and reuse the finished run (e.g. a default teacher).
+
+    Safe across processes: while another process makes the run, this one waits for it (saying so on
+    stderr) and reuses the result; if that process died, this one continues its run with resume.
+    """
     from . import plugins, recipes
 
     m = plugins.load().registry.method(method, verb)
     _, text = recipes.load_recipe(m, recipe, overrides)
     run_dir = toolbox_home() / "cache" / "runs" / f"{method}-{recipes.recipe_hash(text)[:16]}"
-    info = run_dir / "run.json"
-    if info.exists() and json.loads(info.read_text()).get("status") == "finished":
+    if _finished(run_dir):
         return run_dir
-    # the nested run seeds the global RNGs; keep the caller's, so its results do not depend on
-    # whether the cached run existed already
-    with _preserved_rng():
-        if info.exists():
-            return execute(verb, method, device=device, resume=run_dir)[0]
-        return execute(verb, method, recipe, overrides, out=run_dir, device=device)[0]
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def announce(holder):
+        print(f"waiting for {locks.describe(holder)}, which is making the cached {verb} {method} run {run_dir}",
+              file=sys.stderr, flush=True)
+
+    with locks.hold(run_dir, on_wait=announce):
+        if _finished(run_dir):
+            return run_dir
+        # the nested run seeds the global RNGs; keep the caller's, so its results do not depend on
+        # whether the cached run existed already
+        with _preserved_rng():
+            if (run_dir / "run.json").exists():
+                return execute(verb, method, device=device, resume=run_dir)[0]
+            # a start killed before run.json was written leaves at most its recipe.yaml: the folder is
+            # the cache's own, so clear it rather than refuse it as "not empty"
+            for leftover in run_dir.iterdir():
+                if leftover.is_file() and leftover.name != locks.LOCK_NAME:
+                    leftover.unlink()
+            return execute(verb, method, recipe, overrides, out=run_dir, device=device)[0]
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @contextlib.contextmanager

@@ -81,6 +81,18 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that atomic_write left in ``folder`` when its process was killed.
+
+    Only safe while no other process writes ``folder`` (a run holds its directory's lock).
+    """
+    folder = Path(folder)
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file()] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

@@ -83,10 +83,7 @@ def run_condense(recipe, run) -> dict:
     start = 0
     saved = run.load_checkpoint()
     if saved is not None:
-        with torch.no_grad():
-            syn.copy_(saved["images"].to(device))
-        opt.load_state_dict(saved["optimizer"])
-        start = int(saved["step"])
+        start = run.restore(saved, images=syn, optimizer=opt)
 
     if recipe.method == "dm":
         state = Embedder(build, train_x, classes, recipe.data.batch_real, families,

@@ -78,10 +78,7 @@ def train_kd(recipe, run) -> dict:
     start = 0
     state = run.load_checkpoint()
     if state is not None:
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = state["step"]
+        start = run.restore(state, student=student, optimizer=opt, scheduler=sched)
 
     n = len(x_all)
     batch = min(recipe.data.batch_size, n)

@@ -76,13 +76,8 @@ def train_zskt(recipe, run) -> dict:
     start = 0
     state = run.load_checkpoint()
     if state is not None:
-        generator.load_state_dict(state["generator"])
-        student.load_state_dict(state["student"])
-        opt_g.load_state_dict(state["opt_generator"])
-        opt_s.load_state_dict(state["opt_student"])
-        sched_g.load_state_dict(state["sched_generator"])
-        sched_s.load_state_dict(state["sched_student"])
-        start = state["step"]
+        start = run.restore(state, generator=generator, student=student, opt_generator=opt_g, opt_student=opt_s,
+                            sched_generator=sched_g, sched_student=sched_s)
 
     game = _game(recipe, speed, generator, student, teacher, opt_g, opt_s, sched_g, sched_s)
     z_rng = run.generator("z", device)

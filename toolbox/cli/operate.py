@@ -90,6 +90,8 @@ def condense(ctx, dataset, method_name, extra, **kw):
     """Condense DATASET into a few synthetic images per class (--method dc|dsa|dm, --ipc N)."""
     if not dataset and not kw.get("resume"):
         raise UsageError("name a dataset: toolbox condense DATASET (see `toolbox datasets`)")
+    if kw.get("resume") and ctx.get_parameter_source("method_name") == click.core.ParameterSource.DEFAULT:
+        method_name = None  # the run's own method, whichever it is; a typed --method must match it
     _execute(ctx, "condense", method_name, extra, target=dataset, **kw)
 
 
@@ -155,13 +157,14 @@ def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx", "torch-export"]), default="safetensors",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(), help="Output path (default: <run>/export/model.<ext>).")
+@click.option("--force", is_flag=True, help="Replace existing export files (never a run's own files).")
 @click.option("--debug", is_flag=True)
 @click.pass_context
-def export(ctx, source, fmt, output, debug):
+def export(ctx, source, fmt, output, force, debug):
     """Export a trained model (run dir or hf-hub:) to safetensors, ONNX or a torch.export program."""
     from ..export import export_model
 
     ctx.meta["debug"] = debug
-    path = export_model(source, fmt, output)
+    path = export_model(source, fmt, output, force=force)
     click.echo(str(path))
     sys.stdout.flush()

@@ -49,10 +49,7 @@ def train_mixup(recipe, run) -> dict:
     start = 0
     state = run.load_checkpoint()  # None unless --resume; then RNG states are restored too
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = state["step"]
+        start = run.restore(state, model=model, optimizer=opt, scheduler=sched)
 
     train_x = images.normalize(images.train_x).to(run.device)
     train_y = images.train_y.to(run.device)
