@@ -34,7 +34,8 @@ def test_no_install_hint_names_the_strangers_distribution():
     for path in [REPO / "README.md", *REPO.glob("docs/**/*.md"), *REPO.glob("toolbox/**/*.py"),
                  *REPO.glob("plugins/**/*.py"), *REPO.glob("examples/**/*.md"), *REPO.glob("examples/**/*.py")]:
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            if bad.search(line):
+            match = bad.search(line)
+            if match and "never" not in line[:match.start()]:  # the warnings themselves name it
                 hits.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert not hits, "\n".join(hits)
 
