@@ -97,11 +97,15 @@ def draw(count: int, families: tuple[int, ...], size: int, generator: torch.Gene
 
 
 def _color(x, p: Params):
-    x = x + (p.brightness.view(-1, 1, 1, 1) - 0.5)
+    # the factors are formed in the images' dtype, as the reference draws them (dtype=x.dtype)
+    def factor(t):
+        return t.to(x.dtype).view(-1, 1, 1, 1)
+
+    x = x + (factor(p.brightness) - 0.5)
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (p.saturation.view(-1, 1, 1, 1) * 2) + mean
+    x = (x - mean) * (factor(p.saturation) * 2) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (p.contrast.view(-1, 1, 1, 1) + 0.5) + mean
+    return (x - mean) * (factor(p.contrast) + 0.5) + mean
 
 
 def _crop(x, p: Params):
