@@ -153,11 +153,14 @@ _APPLY = (_color, _crop, _cutout, _flip, _scale, _rotate)
 
 
 def apply(x: torch.Tensor, p: Params) -> torch.Tensor:
-    """Augment image i of x with row i of p (differentiable with respect to x)."""
+    """Augment image i of x with row i of p (differentiable with respect to x).
+
+    The result is contiguous, as the reference's DiffAugment returns it: crop gathers through a
+    channels-last view, and group norm under vmap (the stacked evaluator) refuses such strides."""
     p = p.to(x.device)
     present = torch.unique(p.family).tolist()
     if len(present) == 1:
-        return _APPLY[present[0]](x, p)
+        return _APPLY[present[0]](x, p).contiguous()
     out = x.clone()
     for k in present:
         idx = (p.family == k).nonzero().squeeze(1)
