@@ -511,11 +511,12 @@ def test_dc_ipc10_class_loop_equals_the_reference_over_the_whole_table_schedule(
     _check(*_run_matching(monkeypatch, real, ipc=10, dsa=False, batched=False, syn0=_noise(10, 6)))
 
 
-def test_dc_batchnorm_network_freezes_real_statistics_like_the_reference(monkeypatch, real):
+@pytest.mark.parametrize("batched, dtype", [(False, torch.float32), (True, torch.float64)], ids=["loop", "vmap"])
+def test_dc_batchnorm_network_freezes_real_statistics_like_the_reference(monkeypatch, real, batched, dtype):
     # BN: 16 real images per class set the running statistics before every outer step, then frozen;
     # three outer steps (two inner trainings of 50 epochs in train mode between them) keep it short
-    _check(*_run_matching(monkeypatch, real, ipc=10, dsa=False, batched=False, norm="batchnorm", syn0=_noise(10, 7),
-                          loops=(3, _reference_get_loops(10)[1])))
+    _check(*_run_matching(monkeypatch, real, ipc=10, dsa=False, batched=batched, norm="batchnorm", syn0=_noise(10, 7),
+                          loops=(3, _reference_get_loops(10)[1]), dtype=dtype))
 
 
 def test_dc_ipc10_vmap_with_inner_training_equals_the_reference(monkeypatch, real):
