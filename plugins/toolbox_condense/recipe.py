@@ -16,7 +16,7 @@ class Model(Section):
 
 class Augment(Section):
     # DSA strategy for the Siamese augmentation (dsa, dm); "auto" = the full strategy, without flip
-    # on the digit datasets (digits, mnist, fashion-mnist, svhn); "none" turns it off
+    # on the digit datasets (digits, mnist, svhn); "none" turns it off
     strategy: str = "auto"
 
 
