@@ -48,7 +48,8 @@ class Optim(Section):
 
 class Schedule(Section):
     """The full-data schedule. With shots M > 0, epochs and milestones are multiplied by
-    N_train / (classes * M), so a few-shot run takes as many SGD steps as full-data training."""
+    N_train / (classes * M) and truncated, so a few-shot run takes as many SGD steps as full-data
+    training. As in the reference, the decay at milestone m applies from the epoch after epoch m."""
 
     epochs: int = 200
     milestones: list[int] = [60, 120, 160]
