@@ -209,3 +209,17 @@ def test_learning_rate_of_every_epoch_follows_the_few_shot_references_scheduler(
         assert opt.param_groups[0]["lr"] == pytest.approx(few_shot_lr(epoch, lr, milestones, gamma), rel=1e-12), epoch
         opt.step()
         sched.step()
+
+
+def test_with_other_than_three_layer_pairs_at_weight_is_the_at_repos_beta():
+    """at_weight * sum over pairs, as szagoruyko's code for any number of groups; the few-shot reference's
+    beta * 3 / n per pair is reproduced by at_weight = beta * 3 / n."""
+    student, teacher, x, y = _wrn_pair(seed=5)
+    s_logits, s_feats = student.forward_features(x)
+    with torch.no_grad():
+        t_logits, t_feats = teacher.forward_features(x)
+    s_feats, t_feats = s_feats[1:], t_feats[1:]  # two pairs
+    ours = kd_objective(_loss(kind="kd+at", kl_reduction="batchmean", at_weight=1000), s_logits, y, t_logits, s_feats, t_feats)
+    assert torch.allclose(ours, at_repo_total(s_logits, t_logits, s_feats, t_feats, y, 4.0, 0.9, 1000.0), **TOL)
+    ours = kd_objective(_loss(kind="kd+at", at_weight=1500), s_logits, y, t_logits, s_feats, t_feats)
+    assert torch.allclose(ours, few_shot_kt_loss("KD+AT", y, s_logits, s_feats, t_logits, t_feats, beta=1000.0), **TOL)

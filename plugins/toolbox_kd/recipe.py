@@ -26,7 +26,10 @@ class Data(Section):
 
 class Loss(Section):
     """kind picks the terms; the weights are the reference's:
-    ce: CE;  kd: (1-alpha) CE + 2 alpha T^2 KL_mean(T);  at: CE + at_weight * sum AT;  kd+at: both."""
+    ce: CE;  kd: (1-alpha) CE + 2 alpha T^2 KL_mean(T);  at: CE + at_weight * sum AT;  kd+at: both.
+    at_weight multiplies the sum over layer pairs, as the AT authors' code does; the few-shot reference
+    weights each of n pairs by beta * 3 / n, the same for the 3 WRN groups it runs AT on. With another
+    number of layers, at_weight = beta * 3 / n reproduces it."""
 
     kind: Literal["ce", "kd", "at", "kd+at"] = "kd+at"
     alpha: float = 0.9
