@@ -84,7 +84,7 @@ def history(run_dir: Path) -> list[dict]:
 class Child:
     """A run in its own process: `python -m toolbox ARGS`, or a fork of this process calling the CLI."""
 
-    def __init__(self, args: list[str], log: Path, fork: bool):
+    def __init__(self, args: list[str], log: Path, fork: bool, prepare=None):
         self.log = log
         if not fork:
             with open(log, "w") as out:
@@ -100,6 +100,8 @@ class Child:
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
+                if prepare is not None:
+                    prepare()
                 cli.main(args=args, prog_name="toolbox", standalone_mode=False)
                 code = 0
             except BaseException:
@@ -204,5 +206,43 @@ def test_kill_9_before_the_first_checkpoint_then_resume_starts_over_cleanly(tmp_
         assert child.kill_and_wait() == -signal.SIGKILL
     assert not (killed / runs.CHECKPOINT).exists()
     result = CliRunner().invoke(cli, ["train", "supervised", "--resume", str(killed), *CPU])
+    assert result.exit_code == 0, result.output
+    assert_same_run(straight, killed, "model.safetensors")
+
+
+def die_while_writing_checkpoint(n: int):
+    """In the child: the n-th checkpoint write stops half way (SIGKILL) in its temporary file."""
+    import safetensors.torch
+
+    real, calls = safetensors.torch.save_file, []
+
+    def save_file(tensors, filename, metadata=None):
+        if "state.safetensors" in str(filename):
+            calls.append(filename)
+            if len(calls) == n:
+                real(tensors, filename, metadata=metadata)
+                data = Path(filename).read_bytes()
+                Path(filename).write_bytes(data[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(tensors, filename, metadata=metadata)
+
+    return lambda: setattr(safetensors.torch, "save_file", save_file)
+
+
+def test_kill_9_during_a_checkpoint_write_then_resume_is_bit_identical(tmp_path):
+    """The half-written checkpoint never replaces the last complete one (atomic write)."""
+    args = ["train", "sam", "-o", "epochs=5", "-o", "checkpoint_every=1"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert CliRunner().invoke(cli, [*args, "--out", str(straight), *CPU]).exit_code == 0
+    child = Child([*args, "--out", str(killed), *CPU], tmp_path / "killed.log", fork=True,
+                  prepare=die_while_writing_checkpoint(3))
+    while child.poll() is None:
+        time.sleep(0.005)
+    assert child.status == -signal.SIGKILL, child.output()
+    assert len(_lines(killed)) == 3  # epoch 3 logged, its checkpoint half written
+    from toolbox.state import load_state
+
+    assert load_state(killed / runs.CHECKPOINT)["step"] == 2
+    result = CliRunner().invoke(cli, ["train", "sam", "--resume", str(killed), *CPU])
     assert result.exit_code == 0, result.output
     assert_same_run(straight, killed, "model.safetensors")
