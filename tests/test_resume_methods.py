@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import zlib
@@ -82,14 +83,20 @@ def history(run_dir: Path) -> list[dict]:
 
 
 class Child:
-    """A run in its own process: `python -m toolbox ARGS`, or a fork of this process calling the CLI."""
+    """A run in its own process: a fork of this one calling the CLI, or `python -m toolbox ARGS`.
+    ``prepare``: Python source the child runs first."""
 
-    def __init__(self, args: list[str], log: Path, fork: bool, prepare=None):
+    def __init__(self, args: list[str], log: Path, fork: bool, prepare: str = ""):
         self.log = log
-        if not fork:
+        self.status = None
+        # a fork copies only the calling thread: with another thread alive (one holding a lock, say)
+        # the child could hang, so start a fresh interpreter then
+        if not fork or threading.active_count() > 1:
+            command = ["-m", "toolbox"] if not prepare else \
+                ["-c", prepare + "\nfrom toolbox.cli import cli\ncli.main(args=sys.argv[1:], prog_name='toolbox')"]
             with open(log, "w") as out:
-                self.proc = subprocess.Popen([sys.executable, "-m", "toolbox", *args], stdout=out,
-                                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                self.proc = subprocess.Popen([sys.executable, *command, *args], stdout=out, stderr=subprocess.STDOUT,
+                                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
             self.pid = self.proc.pid
             return
         self.proc = None
@@ -100,15 +107,13 @@ class Child:
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
-                if prepare is not None:
-                    prepare()
+                exec(prepare, {})
                 cli.main(args=args, prog_name="toolbox", standalone_mode=False)
                 code = 0
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)
-        self.status = None
 
     def poll(self):
         """None while running, else the exit code (negative: killed by that signal)."""
@@ -140,11 +145,11 @@ def kill_at_random(args: list[str], run_dir: Path, rng: random.Random, reference
     uninterrupted run (``reference``, its lines) took to write the next one."""
     child = Child(args, run_dir.parent / f"{run_dir.name}.log", fork)
     checkpoint = run_dir / runs.CHECKPOINT
-    deadline = time.time() + 300
+    deadline = time.time() + 120
     try:
         while not checkpoint.exists():
             assert child.poll() is None, f"run ended before its first checkpoint:\n{child.output()}"
-            assert time.time() < deadline, "no checkpoint after 300 s"
+            assert time.time() < deadline, "no checkpoint after 120 s"
             time.sleep(0.002)
         target = rng.randint(len(_lines(run_dir)), len(reference) - 1 - tail)
         delay = rng.uniform(0, 0.5) * (reference[target]["time"] - reference[target - 1]["time"])
@@ -210,23 +215,26 @@ def test_kill_9_before_the_first_checkpoint_then_resume_starts_over_cleanly(tmp_
     assert_same_run(straight, killed, "model.safetensors")
 
 
-def die_while_writing_checkpoint(n: int):
-    """In the child: the n-th checkpoint write stops half way (SIGKILL) in its temporary file."""
-    import safetensors.torch
+DIE_IN_THIRD_CHECKPOINT = """
+import os, signal, sys
+from pathlib import Path
+import safetensors.torch
 
-    real, calls = safetensors.torch.save_file, []
+real, calls = safetensors.torch.save_file, []
 
-    def save_file(tensors, filename, metadata=None):
-        if "state.safetensors" in str(filename):
-            calls.append(filename)
-            if len(calls) == n:
-                real(tensors, filename, metadata=metadata)
-                data = Path(filename).read_bytes()
-                Path(filename).write_bytes(data[: len(data) // 2])
-                os.kill(os.getpid(), signal.SIGKILL)
-        return real(tensors, filename, metadata=metadata)
+def save_file(tensors, filename, metadata=None):
+    # the third checkpoint write stops half way through its temporary file
+    if "state.safetensors" in str(filename):
+        calls.append(filename)
+        if len(calls) == 3:
+            real(tensors, filename, metadata=metadata)
+            data = Path(filename).read_bytes()
+            Path(filename).write_bytes(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(tensors, filename, metadata=metadata)
 
-    return lambda: setattr(safetensors.torch, "save_file", save_file)
+safetensors.torch.save_file = save_file
+"""
 
 
 def test_kill_9_during_a_checkpoint_write_then_resume_is_bit_identical(tmp_path):
@@ -235,10 +243,11 @@ def test_kill_9_during_a_checkpoint_write_then_resume_is_bit_identical(tmp_path)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert CliRunner().invoke(cli, [*args, "--out", str(straight), *CPU]).exit_code == 0
     child = Child([*args, "--out", str(killed), *CPU], tmp_path / "killed.log", fork=True,
-                  prepare=die_while_writing_checkpoint(3))
-    while child.poll() is None:
+                  prepare=DIE_IN_THIRD_CHECKPOINT)
+    deadline = time.time() + 120
+    while child.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    assert child.status == -signal.SIGKILL, child.output()
+    assert child.kill_and_wait() == -signal.SIGKILL, child.output()
     assert len(_lines(killed)) == 3  # epoch 3 logged, its checkpoint half written
     from toolbox.state import load_state
 
