@@ -4,6 +4,9 @@ References (read, transcribed here in our own words, never imported):
 - szagoruyko/attention-transfer, utils.py: ``distillation`` (Hinton KD: summed KL times T^2 over the
   batch size, weight alpha; CE weight 1 - alpha), ``at`` and ``at_loss``; cifar.py adds
   ``beta * sum(at_loss per group)``.
+- polo5/ZeroShotKnowledgeTransfer, solver.py ``divergence`` / ``KT_loss_student`` / ``KT_loss_generator``:
+  KL(log_softmax(s / T), softmax(t / T)) with the elementwise-mean reduction and no T^2 factor, plus
+  AT_beta * attention_diff per group (no 3 / n rescaling); the generator minimises -KL.
 - polo5/FewShotKnowledgeTransfer, solver.py ``KT_loss`` (modes KD, AT, KD+AT: KL with PyTorch 1.0's
   default reduction, the mean over batch *and* classes, weighted 2 alpha T^2; AT weight beta * 3 / n
   for n attention pairs) and main.py (epochs and milestones scaled by N / (classes M), truncated by
@@ -20,6 +23,7 @@ from toolbox_kd.features import FeatureTap, default_layers
 from toolbox_kd.method import kd_objective
 from toolbox_kd.recipe import KDRecipe
 from toolbox_kd.shots import scaled_schedule, step_schedule
+from toolbox_zskt.game import generator_loss, student_loss
 
 from toolbox.losses import attention_loss, attention_map
 from toolbox.models.wrn import WideResNet
@@ -223,3 +227,23 @@ def test_with_other_than_three_layer_pairs_at_weight_is_the_at_repos_beta():
     assert torch.allclose(ours, at_repo_total(s_logits, t_logits, s_feats, t_feats, y, 4.0, 0.9, 1000.0), **TOL)
     ours = kd_objective(_loss(kind="kd+at", at_weight=1500), s_logits, y, t_logits, s_feats, t_feats)
     assert torch.allclose(ours, few_shot_kt_loss("KD+AT", y, s_logits, s_feats, t_logits, t_feats, beta=1000.0), **TOL)
+
+
+def zskt_divergence(s_logits, t_logits, T):
+    return _kl_terms(s_logits, t_logits, T).mean()
+
+
+def test_zero_shot_losses_equal_the_zskt_reference_at_any_temperature():
+    """ZSKT's KL carries the temperature inside the softmaxes only: no T^2 (unlike KD). Our game casts
+    to float32, so the comparison is in float32."""
+    student, teacher, x, _ = _wrn_pair(seed=6)
+    s_logits, s_feats = student.float().forward_features(x.float())
+    with torch.no_grad():
+        t_logits, t_feats = teacher.float().forward_features(x.float())
+    for T in (1.0, 3.0, 20.0):
+        ref_div = zskt_divergence(s_logits.double(), t_logits.double(), T)
+        ref_student = ref_div + sum(250.0 * at_repo_at_loss(s.double(), t.double()) for s, t in zip(s_feats, t_feats))
+        ours = student_loss(s_logits, s_feats, t_logits, t_feats, beta=250.0, temperature=T)
+        assert torch.allclose(ours.double(), ref_student, rtol=1e-5, atol=1e-8), (T, (ours.double() - ref_student).abs().item())
+        gen = generator_loss(s_logits, t_logits, temperature=T)
+        assert torch.allclose(gen.double(), -ref_div, rtol=1e-5, atol=1e-9), (T, (gen.double() + ref_div).abs().item())
