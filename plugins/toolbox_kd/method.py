@@ -16,7 +16,7 @@ from toolbox.registry import current
 from toolbox.teachers import load_teacher, teacher_record
 
 from .features import FeatureTap, check_attention_pairs, default_layers
-from .shots import sample_shots, scaled_schedule
+from .shots import sample_shots, scaled_schedule, step_schedule
 
 
 def kd_objective(recipe_loss, s_logits, y, t_logits=None, s_feats=(), t_feats=()):
@@ -74,7 +74,7 @@ def train_kd(recipe, run) -> dict:
 
     opt = torch.optim.SGD(student.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
                           weight_decay=recipe.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=recipe.schedule.gamma)
+    sched = step_schedule(opt, milestones, recipe.schedule.gamma)
     start = 0
     state = run.load_checkpoint()
     if state is not None:

@@ -26,7 +26,10 @@ class Data(Section):
 
 class Loss(Section):
     """kind picks the terms; the weights are the reference's:
-    ce: CE;  kd: (1-alpha) CE + 2 alpha T^2 KL_mean(T);  at: CE + at_weight * sum AT;  kd+at: both."""
+    ce: CE;  kd: (1-alpha) CE + 2 alpha T^2 KL_mean(T);  at: CE + at_weight * sum AT;  kd+at: both.
+    at_weight multiplies the sum over layer pairs, as the AT authors' code does; the few-shot reference
+    weights each of n pairs by beta * 3 / n, the same for the 3 WRN groups it runs AT on. With another
+    number of layers, at_weight = beta * 3 / n reproduces it."""
 
     kind: Literal["ce", "kd", "at", "kd+at"] = "kd+at"
     alpha: float = 0.9
@@ -48,7 +51,8 @@ class Optim(Section):
 
 class Schedule(Section):
     """The full-data schedule. With shots M > 0, epochs and milestones are multiplied by
-    N_train / (classes * M), so a few-shot run takes as many SGD steps as full-data training."""
+    N_train / (classes * M) and truncated, so a few-shot run takes as many SGD steps as full-data
+    training. As in the reference, the decay at milestone m applies from the epoch after epoch m."""
 
     epochs: int = 200
     milestones: list[int] = [60, 120, 160]

@@ -21,8 +21,16 @@ def sample_shots(labels, shots: int, num_classes: int, generator) -> torch.Tenso
 
 def scaled_schedule(epochs: int, milestones: list[int], n_train: int, num_classes: int, shots: int) -> tuple[int, list[int]]:
     """The reference's rule: multiply by N_train / (classes * M), so the number of SGD steps (at a
-    batch no larger than the few-shot set) stays that of full-data training."""
+    batch no larger than the few-shot set) stays that of full-data training; truncated as it does
+    (int(), not round(): CIFAR-10 M = 75 ends its last decay at epoch 10666, not 10667)."""
     if shots <= 0:
         return epochs, list(milestones)
     scale = n_train / (num_classes * shots)
-    return max(1, round(epochs * scale)), [round(m * scale) for m in milestones]
+    return max(1, int(epochs * scale)), [int(m * scale) for m in milestones]
+
+
+def step_schedule(optimizer, milestones: list[int], gamma: float):
+    """lr times gamma for each milestone passed, stepped once per epoch. The reference steps its
+    MultiStepLR with step(epoch=e) after epoch e, which sets the rate of epoch e + 1 from last_epoch = e:
+    a decay at milestone m first applies to epoch m + 1 (0-based), one epoch later than step() would."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[m + 1 for m in milestones], gamma=gamma)
