@@ -195,9 +195,6 @@ def test_kill_9_at_a_random_moment_then_resume_is_bit_identical(name, tmp_path, 
     assert_same_run(straight, killed, weights)
 
 
-@pytest.mark.xfail(strict=True, reason="core: Run.load_checkpoint returns None without truncating metrics.jsonl "
-                                       "when a resumed run has no checkpoint yet, so the restarted run logs its "
-                                       "first steps twice (weights and summary are still identical)")
 def test_kill_9_before_the_first_checkpoint_then_resume_starts_over_cleanly(tmp_path):
     args = ["train", "supervised", "-o", "model.arch=mlp", "-o", "epochs=6", "-o", "checkpoint_every=4"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -174,7 +174,11 @@ class Run:
 
     def load_checkpoint(self) -> dict | None:
         path = self.dir / CHECKPOINT
-        if not self.resumed or not path.exists():
+        if not self.resumed:
+            return None
+        if not path.exists():
+            # killed before its first checkpoint: the run starts over, so its earlier lines go too
+            self._truncate_metrics(0)
             return None
         saved = load_state(path)
         self._restore_rng(saved["rng"])
