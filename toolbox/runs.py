@@ -182,6 +182,40 @@ class Run:
         self._truncate_metrics(saved["step"])
         return state
 
+    def restore(self, **stateful) -> int:
+        """Continue a resumed run: load the last checkpoint into each object named by keyword (anything
+        with ``load_state_dict``: model, optimizer, scheduler, grad scaler; a dict is updated in place),
+        under the names it was saved with by ``save_checkpoint({name: obj.state_dict(), ...}, step)``,
+        and return the step to start from. A fresh run (or one without a checkpoint yet) returns 0 and
+        changes nothing; a None value is skipped.
+
+        The rule that makes resume exact: call it once, after everything that draws random numbers
+        while being built (models and their initialisation, data sources, augmenters) exists, and
+        immediately before the first training step. It restores the random generators last, after
+        loading every state, so the generators hold exactly the checkpoint's streams when training
+        continues; any draw from the global RNG between this call and the first step (building a
+        model afterwards, a stray ``torch.rand``) shifts every later draw and silently breaks exact
+        resume. ``toolbox.engine.Engine.fit`` calls it at that point for the methods on the engine.
+        """
+        path = self.dir / CHECKPOINT
+        if not self.resumed or not path.exists():
+            return 0
+        saved = load_state(path)
+        state = saved["state"]
+        for name, obj in stateful.items():
+            if obj is None:
+                continue
+            if name not in state:
+                raise RunError(f"the checkpoint in {self.dir} holds no '{name}' state (it has {', '.join(sorted(state))}); "
+                               "it was written by another version or recipe: start the run again")
+            if isinstance(obj, dict):
+                obj.update(state[name])
+            else:
+                obj.load_state_dict(state[name])
+        self._truncate_metrics(saved["step"])
+        self._restore_rng(saved["rng"])  # last: see the rule above
+        return int(saved["step"])
+
     def _truncate_metrics(self, step: int) -> None:
         path = self.dir / "metrics.jsonl"
         if not path.exists():
