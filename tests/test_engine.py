@@ -264,3 +264,13 @@ def test_restore_loads_every_state_then_restores_the_generators_last(tmp_path):
     assert [json.loads(s)["step"] for s in (run.dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     with pytest.raises(RunError, match="holds no 'scheduler' state"):
         make_run(tmp_path, resumed=True).restore(scheduler=torch.optim.lr_scheduler.ConstantLR(fresh_opt))
+
+
+def test_the_plugin_tutorial_shows_the_example_plugins_training_code():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    doc = (repo / "docs" / "plugins.md").read_text().split("### 6. The training loop", 1)[1]
+    shown = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    example = (repo / "examples" / "toolbox-compression-mixup" / "toolbox_mixup" / "training.py").read_text()
+    assert "engine.Engine(" in shown and shown.replace("(recipe, run):", "(recipe, run) -> dict:") in example

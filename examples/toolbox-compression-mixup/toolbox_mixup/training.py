@@ -32,19 +32,19 @@ def mixup_loss(logits, y_a, y_b, lam: float):
 
 
 def train_mixup(recipe, run) -> dict:
-    images = data.load(recipe.data.dataset)
+    images = data.load(recipe.data.dataset)               # float32 [N,C,H,W] in [0,1] + int64 labels
     c, _, size = images.shape
-    model = current().architecture(recipe.model.arch)(
-        num_classes=images.num_classes, in_channels=c, image_size=size, **recipe.model.kwargs).to(run.device)
+    model = current().architecture(recipe.model.arch)(num_classes=images.num_classes, in_channels=c,
+                                                      image_size=size, **recipe.model.kwargs).to(run.device)
     opt = engine.make_optimizer(model.parameters(), recipe.optim)
     batches = engine.TensorBatches(images.normalize(images.train_x), images.train_y, recipe.data.batch_size,
-                                   run.generator("data"), run.device)
+                                   run.generator("data"), run.device)   # a new permutation every epoch
     sched = engine.make_scheduler(opt, "cosine", recipe.epochs * len(batches), len(batches))
-    pair_gen = run.generator("mixup")
+    pair_gen = run.generator("mixup")                     # saved with checkpoints, restored on --resume
     test_x = images.normalize(images.test_x)
 
-    def loss(model, x, y):  # the only part that is mixup's own
-        x, y_a, y_b, lam = mixup_batch(x, y, recipe.alpha, pair_gen)
+    def loss(model, x, y):                                # the only part that is mixup's own
+        x, y_a, y_b, lam = mixup_batch(x, y, recipe.alpha, pair_gen)   # lam ~ Beta: global torch RNG
         return mixup_loss(model(x), y_a, y_b, lam)
 
     def evaluate(model):
