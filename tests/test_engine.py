@@ -55,20 +55,23 @@ def sgd(lr=0.1):
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
 
 
-@pytest.mark.parametrize("kind", ["cosine", "step", "constant"])
-def test_schedules_give_the_former_lambda_rates_bit_for_bit_at_every_step(kind):
+@pytest.mark.parametrize("kind", ["cosine", "step", "constant", "file"])
+def test_schedules_give_the_former_lambda_rates_bit_for_bit_at_every_step(kind, tmp_path):
     """The rates of the hand-written LambdaLRs that toolbox.classifier used before the engine."""
     per_epoch, epochs, gamma, milestones = 23, 7, 0.2, [2, 5]
     total = per_epoch * epochs
+    table = [0.3, 0.07, 0.03, 0.013]
+    (tmp_path / "schedule.json").write_text(json.dumps({"learning_rates": table}))
     formula = {
         "cosine": lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
         "step": lambda step: gamma ** sum(step >= m * per_epoch for m in milestones),
         "constant": lambda step: 1.0,
+        "file": lambda step: table[min(len(table) * step // total, len(table) - 1)] / 0.1,
     }[kind]
     opt = sgd()
     former = lrs(torch.optim.lr_scheduler.LambdaLR(opt, formula), opt, total)
     opt = sgd()
-    section = SimpleNamespace(kind=kind, milestones=milestones, gamma=gamma)
+    section = SimpleNamespace(kind=kind, milestones=milestones, gamma=gamma, file=str(tmp_path))
     ours = lrs(engine.make_scheduler(opt, section, total, per_epoch), opt, total)
     assert ours == former  # exact float equality, every step
     assert len(set(ours)) > (1 if kind != "constant" else 0)
@@ -274,3 +277,21 @@ def test_the_plugin_tutorial_shows_the_example_plugins_training_code():
     shown = doc.split("```python\n", 1)[1].split("```", 1)[0]
     example = (repo / "examples" / "toolbox-compression-mixup" / "toolbox_mixup" / "training.py").read_text()
     assert "engine.Engine(" in shown and shown.replace("(recipe, run):", "(recipe, run) -> dict:") in example
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "sam", "-o", "data.label_noise=0.2", "-o", "loop.clip_norm=1.0"],
+    ["train", "supervised", "--arch", "mlp", "-o", "loop.accumulate=3", "-o", "loop.log_every=4"],
+], ids=["sam-clipped", "supervised-accumulated"])
+def test_killed_engine_runs_resume_exactly(monkeypatch, tmp_path, args):
+    """tests/test_resume.py's check (interrupted at checkpoint 3, resumed: same metrics, history, weights)."""
+    from test_resume import assert_resume_is_exact
+
+    from toolbox import plugins
+
+    plugins.reset()
+    try:
+        assert_resume_is_exact(monkeypatch, tmp_path, [*args, "--epochs", "4", "--threads", "1", "--device", "cpu"],
+                               epochs=4)
+    finally:
+        plugins.reset()
