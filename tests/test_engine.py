@@ -265,8 +265,14 @@ def test_restore_loads_every_state_then_restores_the_generators_last(tmp_path):
     assert torch.equal(torch.rand(4), expected)  # the draw inside load_state_dict did not shift the stream
     assert torch.equal(torch.rand(4, generator=resumed.generator("data")), expected_data)
     assert [json.loads(s)["step"] for s in (run.dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
-    with pytest.raises(RunError, match="holds no 'scheduler' state"):
+    with pytest.raises(RunError, match="holds no 'scheduler'"):
         make_run(tmp_path, resumed=True).restore(scheduler=torch.optim.lr_scheduler.ConstantLR(fresh_opt))
+
+    # the two-call form: load_checkpoint() restores the generators, restore(state, ...) loads the targets
+    again = make_run(tmp_path, resumed=True)
+    counted, loaded = {}, Drawing(2, 2)
+    assert again.restore(again.load_checkpoint(), counters=counted, model=loaded) == 3
+    assert counted == {"seen": 5} and torch.equal(loaded.weight, model.weight)
 
 
 def test_the_plugin_tutorial_shows_the_example_plugins_training_code():

@@ -182,39 +182,52 @@ class Run:
         self._truncate_metrics(saved["step"])
         return state
 
-    def restore(self, **stateful) -> int:
-        """Continue a resumed run: load the last checkpoint into each object named by keyword (anything
-        with ``load_state_dict``: model, optimizer, scheduler, grad scaler; a dict is updated in place),
-        under the names it was saved with by ``save_checkpoint({name: obj.state_dict(), ...}, step)``,
-        and return the step to start from. A fresh run (or one without a checkpoint yet) returns 0 and
-        changes nothing; a None value is skipped.
+    def restore(self, state: dict | None = None, /, **targets) -> int:
+        """Continue a resumed run: load the last checkpoint's entry of each keyword into its target (a
+        module, optimizer, scheduler or grad scaler through ``load_state_dict``, a tensor copied in place,
+        a dict updated in place; None skipped), under the names ``save_checkpoint({name: ..., ...}, step)``
+        used, and return the step to start from: 0 on a fresh run or one without a checkpoint yet.
+
+        Without ``state`` it reads the checkpoint itself, loads every target, drops later metrics.jsonl
+        lines and restores the random generators LAST. With ``state`` (what ``load_checkpoint()``
+        returned, the generators already restored) it only loads the targets.
 
         The rule that makes resume exact: call it once, after everything that draws random numbers
         while being built (models and their initialisation, data sources, augmenters) exists, and
-        immediately before the first training step. It restores the random generators last, after
-        loading every state, so the generators hold exactly the checkpoint's streams when training
-        continues; any draw from the global RNG between this call and the first step (building a
-        model afterwards, a stray ``torch.rand``) shifts every later draw and silently breaks exact
-        resume. ``toolbox.engine.Engine.fit`` calls it at that point for the methods on the engine.
+        immediately before the first training step. Any draw from the global RNG between this call and
+        the first step (a model built afterwards, a stray ``torch.rand``) shifts every later draw and
+        silently breaks exact resume. ``toolbox.engine.Engine.fit`` calls it at that point.
         """
+        if state is not None:
+            return self._load_targets(state, targets)
         path = self.dir / CHECKPOINT
         if not self.resumed or not path.exists():
             return 0
         saved = load_state(path)
-        state = saved["state"]
-        for name, obj in stateful.items():
-            if obj is None:
+        saved["state"]["step"] = saved["step"]
+        step = self._load_targets(saved["state"], targets)
+        self._truncate_metrics(step)
+        self._restore_rng(saved["rng"])  # last: see the rule above
+        return step
+
+    def _load_targets(self, state: dict, targets: dict) -> int:
+        import torch
+
+        for name, target in targets.items():
+            if target is None:
                 continue
             if name not in state:
-                raise RunError(f"the checkpoint in {self.dir} holds no '{name}' state (it has {', '.join(sorted(state))}); "
-                               "it was written by another version or recipe: start the run again")
-            if isinstance(obj, dict):
-                obj.update(state[name])
+                raise RunError(f"the checkpoint in {self.dir} holds no '{name}' (it has "
+                               f"{', '.join(sorted(k for k in state if k != 'step'))}); it was written by another "
+                               "version or recipe: start the run again")
+            if isinstance(target, torch.Tensor):
+                with torch.no_grad():
+                    target.copy_(state[name].to(target.device))
+            elif isinstance(target, dict):
+                target.update(state[name])
             else:
-                obj.load_state_dict(state[name])
-        self._truncate_metrics(saved["step"])
-        self._restore_rng(saved["rng"])  # last: see the rule above
-        return int(saved["step"])
+                target.load_state_dict(state[name])
+        return int(state["step"])
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.dir / "metrics.jsonl"
