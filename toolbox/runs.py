@@ -201,7 +201,10 @@ class Run:
         if state is not None:
             return self._load_targets(state, targets)
         path = self.dir / CHECKPOINT
-        if not self.resumed or not path.exists():
+        if not self.resumed:
+            return 0
+        if not path.exists():
+            self._truncate_metrics(0)  # killed before its first checkpoint: the run starts over
             return 0
         saved = load_state(path)
         saved["state"]["step"] = saved["step"]
