@@ -1,16 +1,11 @@
-"""Training and testing one classifier with SGD (optionally SAM) on in-memory tensors, with
-checkpoint/resume: the loop behind supervised training and the methods that vary its data or optimiser."""
+"""Training and testing one classifier with SGD (optionally SAM) on in-memory tensors, on the engine
+(toolbox.engine): the classifier behind supervised training and the methods that vary its data or optimiser."""
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-
-import torch
 import torch.nn.functional as F
 
-from . import artifacts, data
+from . import artifacts, data, engine
 from .augment import random_crop_flip
 from .errors import UsageError
 from .evaluation import accuracy
@@ -19,35 +14,8 @@ from .sam import SAM, frozen_bn_stats
 
 
 def make_scheduler(recipe, optimizer, steps_per_epoch: int):
-    total = recipe.epochs * steps_per_epoch
-    s = recipe.schedule
-    if s.kind == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-    if s.kind == "step":
-        milestones = [m * steps_per_epoch for m in s.milestones]
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: s.gamma ** sum(step >= m for m in milestones))
-    if s.kind == "file":
-        lrs = _windowed_learning_rates(s.file)
-        if recipe.optim.lr <= 0:
-            raise UsageError("schedule.kind=file scales optim.lr: set optim.lr to any positive value")
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lrs[min(len(lrs) * step // total, len(lrs) - 1)] / recipe.optim.lr)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-
-
-def _windowed_learning_rates(ref: str | None) -> list[float]:
-    """The ``learning_rates`` list of a schedule file (or of a run directory's schedule.json)."""
-    path = Path(ref or "")
-    path = path / "schedule.json" if path.is_dir() else path
-    if not ref or not path.is_file():
-        raise UsageError(f"schedule.file '{ref}' is not a schedule.json or a run directory holding one")
-    try:
-        lrs = [float(v) for v in json.loads(path.read_text())["learning_rates"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{path} has no usable 'learning_rates' list ({e})") from None
-    if not lrs:
-        raise UsageError(f"{path} lists no learning rates")
-    return lrs
+    """The recipe's ``schedule:`` over ``recipe.epochs`` epochs of ``steps_per_epoch`` optimiser steps."""
+    return engine.make_scheduler(optimizer, recipe.schedule, recipe.epochs * steps_per_epoch, steps_per_epoch)
 
 
 def build_classifier(arch_name: str, kwargs: dict, spec):
@@ -57,60 +25,60 @@ def build_classifier(arch_name: str, kwargs: dict, spec):
 
 
 def fit(recipe, run, real, train_x, train_y, title: str):
-    """Train ``recipe.model`` on (normalised) ``train_x``/``train_y``; test on ``real``'s test split every
-    ``recipe.eval_every`` epochs. Returns (model, final metrics)."""
+    """Train ``recipe.model`` on (normalised) ``train_x``/``train_y`` on the engine; test on ``real``'s test
+    split every ``recipe.eval_every`` epochs. Returns (model, final metrics)."""
     spec = real.spec
     device = run.device
     model = build_classifier(recipe.model.arch, recipe.model.kwargs, spec).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
-                          weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov)
-    sam = SAM.from_settings(model.parameters(), opt, recipe.sam) if recipe.sam and recipe.sam.radius > 0 else None
-    n = len(train_x)
-    batch = min(recipe.data.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
-    sched = make_scheduler(recipe, opt, steps_per_epoch)
-    start_epoch = 0
-    state = run.load_checkpoint()
-    if state is not None:
-        start_epoch = run.restore(state, model=model, optimizer=opt, scheduler=sched)
-    gen = run.generator("data")
-    aug_gen = run.generator("augment")
-    train_x, train_y = train_x.to(device), train_y.to(device)
+    opt = engine.make_optimizer(model.parameters(), recipe.optim)
+    batches = engine.TensorBatches(train_x, train_y, recipe.data.batch_size, run.generator("data"), device)
+    sched = make_scheduler(recipe, opt, engine.optimizer_steps(len(batches), recipe.loop.accumulate))
+    trainer = engine.Engine(run, model, opt, sched, speed=recipe.speed, loop=recipe.loop)
+    augment = _augmenter(recipe.data, run.generator("augment"))
     test_x = real.normalize(real.test_x)
-    every = recipe.checkpoint_every or 1
-    metrics: dict = {}
-    with run.progress(recipe.epochs, title, start=start_epoch) as bar:
-        for epoch in range(start_epoch, recipe.epochs):
-            model.train()
-            order = torch.randperm(n, generator=gen).to(device)
-            total_loss = 0.0
-            for i in range(steps_per_epoch):
-                idx = order[i * batch:(i + 1) * batch]
-                x = train_x[idx]
-                if recipe.data.augment != "none":
-                    x = random_crop_flip(x, recipe.data.crop_padding, recipe.data.augment == "crop_flip", aug_gen)
-                loss = F.cross_entropy(model(x), train_y[idx])
-                run.check_finite(loss, epoch * steps_per_epoch + i)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if sam is None:
-                    opt.step()
-                else:
-                    sam.first_step()
-                    with frozen_bn_stats(model):  # the perturbed pass leaves batch-norm statistics alone
-                        F.cross_entropy(model(x), train_y[idx]).backward()
-                    sam.second_step()
-                sched.step()
-                total_loss += loss.item()
-            metrics = {"train_loss": total_loss / steps_per_epoch, "lr": sched.get_last_lr()[0]}
-            if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
-                metrics["accuracy"] = accuracy(model, test_x, real.test_y, device=device)
-            run.log(epoch + 1, **metrics)
-            bar.update(1, **{k: v for k, v in metrics.items() if k != "lr"})
-            if (epoch + 1) % every == 0 and epoch + 1 < recipe.epochs:
-                run.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "scheduler": sched.state_dict()}, epoch + 1)
+
+    def evaluate(m):
+        return {"accuracy": accuracy(m, test_x, real.test_y, device=device)}
+
+    def cross_entropy(forward, x, y):
+        return F.cross_entropy(forward(augment(x)), y)
+
+    options = {"loss": cross_entropy}
+    if recipe.sam and recipe.sam.radius > 0:
+        if trainer.scaler.is_enabled():
+            raise UsageError("sam does not run with speed.amp=fp16 (its two passes would unscale the gradients twice); "
+                             "use speed.amp=bf16 or fp32")
+        options = {"step": _sam_step(SAM.from_settings(model.parameters(), opt, recipe.sam), augment)}
+    metrics = trainer.fit(batches, recipe.epochs, evaluate=evaluate, eval_every=recipe.eval_every,
+                          checkpoint_every=recipe.checkpoint_every or 1, title=title, **options)
     return model, {"accuracy": metrics["accuracy"], "train_loss": metrics["train_loss"]}
+
+
+def _augmenter(settings, generator):
+    if settings.augment == "none":
+        return lambda x: x
+    return lambda x: random_crop_flip(x, settings.crop_padding, settings.augment == "crop_flip", generator)
+
+
+def _sam_step(sam: SAM, augment):
+    """SAM's two passes on one batch: gradient at w, ascend to w + e, gradient there, step from w."""
+
+    def step(trainer, x, y):
+        x = augment(x)
+        with trainer.autocast():
+            loss = F.cross_entropy(trainer.forward(x), y)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.backward(loss)
+        sam.first_step()
+        with frozen_bn_stats(trainer.model):  # the perturbed pass leaves batch-norm statistics alone
+            with trainer.autocast():
+                perturbed = F.cross_entropy(trainer.forward(x), y)
+            trainer.backward(perturbed)
+        trainer.clip()
+        sam.second_step()
+        return loss
+
+    return step
 
 
 def evaluate_accuracy(source, device, config_keys: tuple[str, ...] = ()) -> dict:

@@ -3,8 +3,10 @@
 
 from typing import Literal
 
+from .engine import Loop
 from .recipes import RecipeBase, Section
 from .sam import SAMSettings
+from .speed import Speed
 
 
 class ClassifierData(Section):
@@ -40,6 +42,8 @@ class ClassifierRecipe(RecipeBase):
     model: Model = Model()
     optim: Optim = Optim()
     schedule: Schedule = Schedule()
+    speed: Speed = Speed()  # mixed precision, channels_last, compile (toolbox.speed)
+    loop: Loop = Loop()  # gradient accumulation, clipping, how often the loss is read (toolbox.engine)
     sam: SAMSettings | None = None  # set: wrap SGD in SAM / ASAM / Fisher-SAM (toolbox.sam)
     epochs: int = 30
     eval_every: int = 1  # epochs

@@ -187,13 +187,44 @@ class Run:
         self._truncate_metrics(saved["step"])
         return state
 
-    def restore(self, state: dict, **targets) -> int:
-        """Load ``state[name]`` into each target (a module, an optimizer, a scheduler, or a tensor copied
-        in place) and return ``state["step"]``. A checkpoint that does not fit what the recipe built is
-        one CheckpointError sentence, not torch's dump of every key."""
+    def restore(self, state: dict | None = None, /, **targets) -> int:
+        """Continue a resumed run: load the last checkpoint's entry of each keyword into its target (a
+        module, optimizer, scheduler or grad scaler through ``load_state_dict``, a tensor copied in place,
+        a dict updated in place; None skipped), under the names ``save_checkpoint({name: ..., ...}, step)``
+        used, and return the step to start from: 0 on a fresh run or one without a checkpoint yet.
+
+        Without ``state`` it reads the checkpoint itself, loads every target, drops later metrics.jsonl
+        lines and restores the random generators LAST. With ``state`` (what ``load_checkpoint()``
+        returned, the generators already restored) it only loads the targets.
+
+        The rule that makes resume exact: call it once, after everything that draws random numbers
+        while being built (models and their initialisation, data sources, augmenters) exists, and
+        immediately before the first training step. Any draw from the global RNG between this call and
+        the first step (a model built afterwards, a stray ``torch.rand``) shifts every later draw and
+        silently breaks exact resume. ``toolbox.engine.Engine.fit`` calls it at that point.
+        """
+        if state is not None:
+            return self._load_targets(state, targets)
+        path = self.dir / CHECKPOINT
+        if not self.resumed:
+            return 0
+        if not path.exists():
+            self._truncate_metrics(0)  # killed before its first checkpoint: the run starts over
+            return 0
+        saved = load_state(path)
+        saved["state"]["step"] = saved["step"]
+        step = self._load_targets(saved["state"], targets)
+        self._truncate_metrics(step)
+        self._restore_rng(saved["rng"])  # last: see the rule above
+        return step
+
+    def _load_targets(self, state: dict, targets: dict) -> int:
+        """A checkpoint that does not fit what the recipe built is one CheckpointError sentence."""
         import torch
 
         for name, target in targets.items():
+            if target is None:
+                continue
             if name not in state:
                 self._mismatch(f"it holds no '{name}'")
             saved = state[name]
@@ -203,6 +234,9 @@ class Run:
                                    "in what the recipe builds")
                 with torch.no_grad():
                     target.copy_(saved.to(target.device))
+                continue
+            if isinstance(target, dict):
+                target.update(saved)
                 continue
             if isinstance(target, torch.nn.Module):
                 self._check_module(name, target.state_dict(), saved)

@@ -7,12 +7,10 @@ lambda CE(f(x~), y) + (1 - lambda) CE(f(x~), y[perm]). One lambda per batch, as 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from toolbox import artifacts, data
+from toolbox import artifacts, data, engine
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy
 from toolbox.registry import current
@@ -34,51 +32,29 @@ def mixup_loss(logits, y_a, y_b, lam: float):
 
 
 def train_mixup(recipe, run) -> dict:
-    images = data.load(recipe.data.dataset)
+    images = data.load(recipe.data.dataset)               # float32 [N,C,H,W] in [0,1] + int64 labels
     c, _, size = images.shape
-    model = current().architecture(recipe.model.arch)(
-        num_classes=images.num_classes, in_channels=c, image_size=size, **recipe.model.kwargs).to(run.device)
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
-                          weight_decay=recipe.optim.weight_decay)
-    n = len(images.train_y)
-    batch = min(recipe.data.batch_size, n)
-    steps = math.ceil(n / batch)
-    total = recipe.epochs * steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-
-    start = 0
-    state = run.load_checkpoint()  # None unless --resume; then RNG states are restored too
-    if state is not None:
-        start = run.restore(state, model=model, optimizer=opt, scheduler=sched)
-
-    train_x = images.normalize(images.train_x).to(run.device)
-    train_y = images.train_y.to(run.device)
+    model = current().architecture(recipe.model.arch)(num_classes=images.num_classes, in_channels=c,
+                                                      image_size=size, **recipe.model.kwargs).to(run.device)
+    opt = engine.make_optimizer(model.parameters(), recipe.optim)
+    batches = engine.TensorBatches(images.normalize(images.train_x), images.train_y, recipe.data.batch_size,
+                                   run.generator("data"), run.device)   # a new permutation every epoch
+    sched = engine.make_scheduler(opt, "cosine", recipe.epochs * len(batches), len(batches))
+    pair_gen = run.generator("mixup")                     # saved with checkpoints, restored on --resume
     test_x = images.normalize(images.test_x)
-    order_gen, pair_gen = run.generator("data"), run.generator("mixup")
-    every = recipe.checkpoint_every or 1
-    metrics: dict = {}
-    with run.progress(recipe.epochs, f"mixup {recipe.model.arch} on {images.name}", start=start) as bar:
-        for epoch in range(start, recipe.epochs):
-            model.train()
-            order = torch.randperm(n, generator=order_gen).to(run.device)
-            total_loss = 0.0
-            for i in range(steps):
-                idx = order[i * batch:(i + 1) * batch]
-                x, y_a, y_b, lam = mixup_batch(train_x[idx], train_y[idx], recipe.alpha, pair_gen)
-                loss = mixup_loss(model(x), y_a, y_b, lam)
-                run.check_finite(loss, epoch * steps + i)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total_loss += loss.item()
-            metrics = {"train_loss": total_loss / steps,
-                       "accuracy": accuracy(model, test_x, images.test_y, device=run.device)}
-            run.log(epoch + 1, **metrics)
-            bar.update(1, **metrics)
-            if (epoch + 1) % every == 0 and epoch + 1 < recipe.epochs:
-                run.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                     "scheduler": sched.state_dict()}, epoch + 1)
+
+    def loss(model, x, y):                                # the only part that is mixup's own
+        x, y_a, y_b, lam = mixup_batch(x, y, recipe.alpha, pair_gen)   # lam ~ Beta: global torch RNG
+        return mixup_loss(model(x), y_a, y_b, lam)
+
+    def evaluate(model):
+        return {"accuracy": accuracy(model, test_x, images.test_y, device=run.device)}
+
+    # the engine restores a --resume run's checkpoint (and RNG states) itself, right before training
+    metrics = engine.Engine(run, model, opt, sched).fit(
+        batches, recipe.epochs, loss=loss, evaluate=evaluate, checkpoint_every=recipe.checkpoint_every or 1,
+        title=f"mixup {recipe.model.arch} on {images.name}")
+    metrics = {"train_loss": metrics["train_loss"], "accuracy": metrics["accuracy"]}
     run.save_model(model, arch=recipe.model.arch, arch_kwargs=recipe.model.kwargs, dataset=images.spec,
                    metrics=metrics, extra={"alpha": recipe.alpha})
     return metrics

@@ -1,0 +1,279 @@
+"""The training loop every method runs: batches, optimiser steps, precision, checks, evaluation, resume.
+
+A library the methods call, not a framework they subclass. A method builds its model, optimiser and
+scheduler (``make_optimizer``/``make_scheduler`` read the recipe sections), hands the engine a batch
+source and either a loss (``loss(model, x, y)``) or a whole step (``step(engine, x, y)``: SAM's two
+passes), and the engine owns the rest::
+
+    batches = TensorBatches(x, y, batch_size, run.generator("data"), run.device)
+    engine = Engine(run, model, opt, sched, speed=recipe.speed, loop=recipe.loop)
+    metrics = engine.fit(batches, recipe.epochs, loss=ce, evaluate=test_accuracy, title="...")
+
+The loop never waits for the device inside a step: losses stay on it and are read (and checked for
+NaN/inf) once every ``loop.log_every`` steps and at the end of each epoch.
+
+Torch is imported inside the functions: recipe schemas import ``Loop`` without it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import Field
+
+from .errors import UsageError
+from .recipes import Section
+
+
+class Loop(Section):
+    """The ``loop:`` recipe section. accumulate: micro-batches per optimiser step (their mean gradient);
+    clip_norm: largest global gradient norm (off when unset); log_every: steps between reads of the loss."""
+
+    accumulate: int = Field(1, ge=1)
+    clip_norm: float | None = Field(None, gt=0)
+    log_every: int = Field(50, ge=1)
+
+
+# --- batch sources ------------------------------------------------------------------------------
+
+
+class TensorBatches:
+    """Shuffled mini-batches of in-memory tensors: one permutation of all samples per epoch, drawn from
+    ``generator`` (a run generator, so resume continues its stream), cut into ``batch_size`` slices
+    (the last one shorter).
+
+    The engine needs only ``len(batches)`` (steps per epoch) and ``batches.epoch(e)`` (an iterable of
+    (x, y)); a DataLoader source offers the same two and draws its order from a run generator too.
+    """
+
+    def __init__(self, x, y, batch_size: int, generator, device):
+        self.x, self.y = x.to(device), y.to(device)
+        self.n = len(self.x)
+        self.batch = min(batch_size, self.n)
+        self.generator, self.device = generator, device
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch)
+
+    def epoch(self, epoch: int):
+        import torch
+
+        order = torch.randperm(self.n, generator=self.generator).to(self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch:(i + 1) * self.batch]
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx)  # x[idx]'s values, a fast gather
+
+
+# --- optimiser and schedule from recipe sections -------------------------------------------------
+
+
+def make_optimizer(params, optim):
+    """SGD from an ``optim:`` section (lr, momentum, weight_decay, optional nesterov). foreach: one call
+    per update op for all parameters instead of a Python loop over them (the same arithmetic per element,
+    so the same weights; the CPU default is the loop)."""
+    import torch
+
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                           nesterov=getattr(optim, "nesterov", False), foreach=True)
+
+
+def optimizer_steps(batches_per_epoch: int, accumulate: int = 1) -> int:
+    """Optimiser steps per epoch: the last group of an epoch may hold fewer than ``accumulate`` batches."""
+    return math.ceil(batches_per_epoch / accumulate)
+
+
+def make_scheduler(optimizer, schedule, total_steps: int, steps_per_epoch: int):
+    """The learning rate of every optimiser step, from a ``schedule:`` section (kind cosine | step |
+    constant | file; milestones in epochs) or a bare kind name. Step once per optimiser step.
+
+    torch's schedule classes, evaluated in closed form: their default recursive update multiplies the
+    previous rate by a ratio and drifts by rounding (CosineAnnealingLR's rate differs in the last bits
+    from 0.5 (1 + cos(pi t / T)) at almost every step), while the closed form gives step t the same
+    rate however it was reached, resumed or not.
+    """
+    import torch
+
+    sched = torch.optim.lr_scheduler
+    kind = schedule if isinstance(schedule, str) else schedule.kind
+    if kind == "cosine":
+        return _closed_form(sched.CosineAnnealingLR)(optimizer, T_max=total_steps)
+    if kind == "step":
+        return _closed_form(sched.MultiStepLR)(optimizer, milestones=[m * steps_per_epoch for m in schedule.milestones],
+                                               gamma=schedule.gamma)
+    if kind == "file":
+        # a table of rates over equal windows of training: no torch class holds a table, LambdaLR looks it up
+        lrs = windowed_learning_rates(schedule.file)
+        base = optimizer.param_groups[0]["lr"]
+        if base <= 0:
+            raise UsageError("schedule.kind=file scales optim.lr: set optim.lr to any positive value")
+        return sched.LambdaLR(optimizer, lambda step: lrs[min(len(lrs) * step // total_steps, len(lrs) - 1)] / base)
+    if kind == "constant":
+        return _closed_form(sched.ConstantLR)(optimizer, factor=1.0, total_iters=0)
+    raise UsageError(f"unknown schedule kind '{kind}'; use cosine, step, constant or file")
+
+
+_CLOSED: dict = {}
+
+
+def _closed_form(cls):
+    """``cls`` whose every step uses its own ``_get_closed_form_lr`` (see make_scheduler)."""
+    if cls not in _CLOSED:
+        _CLOSED[cls] = type(cls.__name__, (cls,), {"get_lr": lambda self: self._get_closed_form_lr(),
+                                                   "__doc__": f"{cls.__name__} in closed form."})
+    return _CLOSED[cls]
+
+
+def windowed_learning_rates(ref: str | None) -> list[float]:
+    """The ``learning_rates`` list of a schedule file (or of a run directory's schedule.json)."""
+    import json
+    from pathlib import Path
+
+    path = Path(ref or "")
+    path = path / "schedule.json" if path.is_dir() else path
+    if not ref or not path.is_file():
+        raise UsageError(f"schedule.file '{ref}' is not a schedule.json or a run directory holding one")
+    try:
+        lrs = [float(v) for v in json.loads(path.read_text())["learning_rates"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path} has no usable 'learning_rates' list ({e})") from None
+    if not lrs:
+        raise UsageError(f"{path} lists no learning rates")
+    return lrs
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+class Engine:
+    """Trains ``model`` with ``optimizer`` (and ``scheduler``, stepped once per optimiser step) under the
+    run's speed settings. ``engine.model`` is the module to save; ``engine.forward`` the one to call
+    (compiled when ``speed.compile`` is on). A method's own step uses ``autocast()``, ``backward(loss)``,
+    ``clip()`` and ``optimizer_step()`` so that precision, scaling and clipping stay the engine's."""
+
+    def __init__(self, run, model, optimizer, scheduler=None, *, speed=None, loop: Loop | None = None):
+        from .speed import resolve
+
+        self.run, self.model, self.optimizer, self.scheduler = run, model, optimizer, scheduler
+        self.loop = loop or Loop()
+        self.speed = resolve(speed, run.device)
+        run.record(speed=self.speed.record())
+        self.speed.layout(model)
+        self.forward = self.speed.maybe_compile(model)
+        self.scaler = self.speed.grad_scaler()
+
+    # --- pieces a method's own step calls --------------------------------------------------------
+    def autocast(self):
+        return self.speed.autocast()
+
+    def backward(self, loss) -> None:
+        self.scaler.scale(loss).backward()
+
+    def clip(self) -> None:
+        """Clip the global gradient norm to ``loop.clip_norm`` (gradients unscaled first); off by default."""
+        if self.loop.clip_norm is None:
+            return
+        import torch
+
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.loop.clip_norm)
+
+    def optimizer_step(self) -> None:
+        self.clip()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    # --- checkpoint ------------------------------------------------------------------------------
+    def _stateful(self) -> dict:
+        parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+        if self.scaler.is_enabled():
+            parts["scaler"] = self.scaler
+        return {k: v for k, v in parts.items() if v is not None}
+
+    def state_dict(self) -> dict:
+        return {k: v.state_dict() for k, v in self._stateful().items()}
+
+    # --- training --------------------------------------------------------------------------------
+    def fit(self, batches, epochs: int, *, loss=None, step=None, evaluate=None, eval_every: int = 1,
+            checkpoint_every: int = 1, title: str = "training") -> dict:
+        """Train for ``epochs`` (continuing a resumed run where its checkpoint ends); returns the last
+        epoch's metrics: train_loss (mean batch loss), lr, and what ``evaluate(model)`` returned on the
+        epochs it ran (every ``eval_every`` and the last). Checkpoints every ``checkpoint_every`` epochs.
+
+        ``loss(model, x, y)`` -> the batch loss (run under autocast), or ``step(engine, x, y)`` -> the
+        batch loss after the method updated the weights itself (it calls ``engine.optimizer_step()``
+        or steps an optimiser wrapper such as SAM).
+        """
+        if (loss is None) == (step is None):
+            raise TypeError("Engine.fit takes exactly one of loss= or step=")
+        if step is not None and self.loop.accumulate > 1:
+            raise UsageError(f"loop.accumulate={self.loop.accumulate} needs the engine's own step, and this method "
+                             "supplies a whole step (e.g. SAM's two passes); set loop.accumulate=1")
+        run, steps = self.run, len(batches)
+        # everything that draws random numbers at construction exists by now: restore is safe here
+        start = run.restore(**self._stateful())
+        metrics: dict = {}
+        with run.progress(epochs, title, start=start) as bar:
+            for epoch in range(start, epochs):
+                self.model.train()
+                losses: list[float] = []
+                window: list = []
+                for i, (x, y) in enumerate(batches.epoch(epoch)):
+                    if self.speed.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=_channels_last())
+                    if step is not None:
+                        value = step(self, x, y)
+                        self._schedule()
+                    else:
+                        value = self._loss_step(loss, x, y, i, steps)
+                    window.append(value.detach())
+                    if len(window) == self.loop.log_every:
+                        self._read(window, losses, epoch * steps + i + 1 - len(window), bar)
+                self._read(window, losses, epoch * steps + steps - len(window), bar)
+                metrics = {"train_loss": sum(losses) / len(losses), "lr": self._lr()}
+                if evaluate is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+                    metrics.update(evaluate(self.model))
+                run.log(epoch + 1, **metrics)
+                bar.update(1, **{k: v for k, v in metrics.items() if k != "lr"})
+                if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs:
+                    run.save_checkpoint(self.state_dict(), epoch + 1)
+        return metrics
+
+    def _loss_step(self, loss, x, y, i: int, steps: int):
+        k = self.loop.accumulate
+        first, group = i % k == 0, min(k, steps - i // k * k)  # the last group of an epoch may be short
+        if first:
+            self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            value = loss(self.forward, x, y)
+        self.backward(value / group if group > 1 else value)
+        if (i + 1) % k == 0 or i + 1 == steps:
+            self.optimizer_step()
+            self._schedule()
+        return value
+
+    def _schedule(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def _lr(self) -> float:
+        return self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.optimizer.param_groups[0]["lr"]
+
+    def _read(self, window: list, losses: list, first_step: int, bar) -> None:
+        """One host read for a window of losses; a NaN/inf names the step that produced it."""
+        if not window:
+            return
+        import torch
+
+        values = torch.stack([v.float() for v in window]).tolist()
+        window.clear()
+        for j, v in enumerate(values):
+            if not math.isfinite(v):
+                self.run.check_finite(v, first_step + j)
+        losses.extend(values)
+        bar.update(0, train_loss=sum(values) / len(values))
+
+
+def _channels_last():
+    import torch
+
+    return torch.channels_last
