@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from toolbox import data, engine
-from toolbox.classifier import build_classifier
+from toolbox.models import build_for
 from toolbox.runs import Run
 
 
@@ -71,7 +71,7 @@ def former_schedule(opt, total):
 
 def setup(args, real, former: bool):
     torch.manual_seed(0)
-    model = build_classifier(args.arch, {}, real.spec)
+    model = build_for(args.arch, real.spec)
     optim = SimpleNamespace(lr=0.1, momentum=0.9, weight_decay=5e-4)
     if former:
         opt = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)

@@ -9,7 +9,7 @@ from . import artifacts, data, engine
 from .augment import random_crop_flip
 from .errors import UsageError
 from .evaluation import accuracy
-from .registry import current
+from .models import build_for
 from .sam import SAM, frozen_bn_stats
 
 
@@ -18,18 +18,12 @@ def make_scheduler(recipe, optimizer, steps_per_epoch: int):
     return engine.make_scheduler(optimizer, recipe.schedule, recipe.epochs * steps_per_epoch, steps_per_epoch)
 
 
-def build_classifier(arch_name: str, kwargs: dict, spec):
-    arch = current().architecture(arch_name)
-    c, _, w = spec.shape
-    return arch(num_classes=spec.num_classes, in_channels=c, image_size=w, **kwargs)
-
-
 def fit(recipe, run, real, train_x, train_y, title: str):
     """Train ``recipe.model`` on (normalised) ``train_x``/``train_y`` on the engine; test on ``real``'s test
     split every ``recipe.eval_every`` epochs. Returns (model, final metrics)."""
     spec = real.spec
     device = run.device
-    model = build_classifier(recipe.model.arch, recipe.model.kwargs, spec).to(device)
+    model = build_for(recipe.model.arch, spec, **recipe.model.kwargs).to(device)
     opt = engine.make_optimizer(model.parameters(), recipe.optim)
     batches = engine.TensorBatches(train_x, train_y, recipe.data.batch_size, run.generator("data"), device)
     sched = make_scheduler(recipe, opt, engine.optimizer_steps(len(batches), recipe.loop.accumulate))
