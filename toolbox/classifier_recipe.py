@@ -3,15 +3,29 @@
 
 from typing import Literal
 
-from .recipes import RecipeBase, Section
+from pydantic import field_validator
+
+from .recipes import (
+    MAX_STEPS,
+    BatchSize,
+    Count,
+    Float,
+    Int,
+    LearningRate,
+    Momentum,
+    RecipeBase,
+    Section,
+    WeightDecay,
+    increasing,
+)
 from .sam import SAMSettings
 
 
 class ClassifierData(Section):
     dataset: str = "digits"
-    batch_size: int = 64
+    batch_size: BatchSize = 64
     augment: Literal["none", "crop", "crop_flip"] = "none"
-    crop_padding: int = 4
+    crop_padding: Int(0, 1024) = 4
 
 
 class Model(Section):
@@ -20,16 +34,21 @@ class Model(Section):
 
 
 class Optim(Section):
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: LearningRate = 0.1
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 5e-4
     nesterov: bool = False
 
 
 class Schedule(Section):
     kind: Literal["step", "cosine", "constant", "file"] = "cosine"
-    milestones: list[int] = []  # epochs, for kind=step
-    gamma: float = 0.2
+    milestones: list[Int(1, MAX_STEPS)] = []  # epochs, for kind=step
+    gamma: Float(gt=0, le=1) = 0.2
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, ms):
+        return increasing(ms)
     # kind=file: learning rates over equal windows of training, from a schedule.json (e.g. learned by
     # `toolbox train fds`) or a run directory holding one; optim.lr is then only a positive placeholder
     file: str | None = None
@@ -41,5 +60,6 @@ class ClassifierRecipe(RecipeBase):
     optim: Optim = Optim()
     schedule: Schedule = Schedule()
     sam: SAMSettings | None = None  # set: wrap SGD in SAM / ASAM / Fisher-SAM (toolbox.sam)
-    epochs: int = 30
-    eval_every: int = 1  # epochs
+    epochs: Count = 30
+    eval_every: Count = 1  # epochs
+

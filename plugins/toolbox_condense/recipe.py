@@ -2,12 +2,23 @@
 
 from typing import Literal
 
-from toolbox.recipes import RecipeBase, Section
+from toolbox.recipes import (
+    BatchSize,
+    Count,
+    Float,
+    Int,
+    Interval,
+    LearningRate,
+    Momentum,
+    RecipeBase,
+    Section,
+    WeightDecay,
+)
 
 
 class Data(Section):
     dataset: str = "digits"
-    batch_real: int = 256  # real images per class per matching step
+    batch_real: BatchSize = 256  # real images per class per matching step
 
 
 class Model(Section):
@@ -23,15 +34,15 @@ class Augment(Section):
 class Evaluation(Section):
     """The evaluation protocol (see evaluator.Protocol); every reported number carries it."""
 
-    models: int = 5
-    epochs: int = 300
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    batch_size: int = 256
+    models: Int(1, 10_000) = 5
+    epochs: Count = 300
+    lr: LearningRate = 0.01
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 0.0005
+    batch_size: BatchSize = 256
     augment: str = "none"  # "none", "auto" (the DSA strategy of the dataset) or a strategy
     arch: str = "convnet"
-    every: int = 0  # also evaluate every N iterations during condensation (0: only at the end)
+    every: Interval = 0  # also evaluate every N iterations during condensation (0: only at the end)
     note: str = ""  # how this protocol differs from the paper's, stored beside the numbers
 
 
@@ -41,17 +52,17 @@ class CondenseRecipe(RecipeBase):
     model: Model = Model()
     augment: Augment = Augment()
     eval: Evaluation = Evaluation()
-    ipc: int = 1
-    iterations: int = 1000
+    ipc: Int(1, 100_000) = 1
+    iterations: Count = 1000
     init: Literal["noise", "real"] = "noise"
-    lr_img: float = 0.1
-    momentum_img: float = 0.5
-    lr_net: float = 0.01  # DC/DSA: the network trained between outer steps
-    batch_train: int = 256
-    outer_loop: int | None = None  # DC/DSA: None = the reference's table by ipc
-    inner_loop: int | None = None
+    lr_img: Float(gt=0, le=1e6) = 0.1  # DM's papers use 1 to 100 on unnormalised pixels
+    momentum_img: Momentum = 0.5
+    lr_net: LearningRate = 0.01  # DC/DSA: the network trained between outer steps
+    batch_train: BatchSize = 256
+    outer_loop: Int(1, 100_000) | None = None  # DC/DSA: None = the reference's table by ipc
+    inner_loop: Int(0, 100_000) | None = None
     distance: Literal["ours", "mse", "cos"] = "ours"
     # DC/DSA: "vmap" = all classes' gradients in one batched call; "loop" = class by class, one
     # class's graph in memory at a time (same maths); "auto" = loop on CPU, vmap on GPU
     class_batching: Literal["auto", "vmap", "loop"] = "auto"
-    log_every: int = 10
+    log_every: Count = 10

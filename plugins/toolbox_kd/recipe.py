@@ -2,7 +2,25 @@
 
 from typing import Literal
 
-from toolbox.recipes import RecipeBase, Section
+from pydantic import field_validator
+
+from toolbox.recipes import (
+    MAX_STEPS,
+    BatchSize,
+    Count,
+    Float,
+    Int,
+    Interval,
+    LearningRate,
+    LossWeight,
+    Momentum,
+    Probability,
+    RecipeBase,
+    Section,
+    Temperature,
+    WeightDecay,
+    increasing,
+)
 
 
 class Teacher(Section):
@@ -18,10 +36,10 @@ class Student(Section):
 
 class Data(Section):
     dataset: str = "digits"
-    shots: int = 0  # real images per class; 0 = the whole training split
-    batch_size: int = 64
+    shots: Int(0, 10**6) = 0  # real images per class; 0 = the whole training split
+    batch_size: BatchSize = 64
     augment: Literal["none", "crop", "crop_flip"] = "none"
-    crop_padding: int = 4
+    crop_padding: Int(0, 1024) = 4
 
 
 class Loss(Section):
@@ -29,31 +47,36 @@ class Loss(Section):
     ce: CE;  kd: (1-alpha) CE + 2 alpha T^2 KL_mean(T);  at: CE + at_weight * sum AT;  kd+at: both."""
 
     kind: Literal["ce", "kd", "at", "kd+at"] = "kd+at"
-    alpha: float = 0.9
-    temperature: float = 4.0
+    alpha: Probability = 0.9
+    temperature: Temperature = 4.0
     # "mean" divides KL by batch*classes and is what the reference's 2*alpha*T^2 factor is tuned to;
     # "batchmean" is the textbook KL, used with alpha*T^2 (Hinton et al.)
     kl_reduction: Literal["mean", "batchmean"] = "mean"
-    at_weight: float = 1000.0
+    at_weight: LossWeight = 1000.0
     # module paths whose outputs are matched; empty = the architecture's feature_layers (WRN groups)
     student_layers: list[str] = []
     teacher_layers: list[str] = []
 
 
 class Optim(Section):
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: LearningRate = 0.1
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 5e-4
 
 
 class Schedule(Section):
     """The full-data schedule. With shots M > 0, epochs and milestones are multiplied by
     N_train / (classes * M), so a few-shot run takes as many SGD steps as full-data training."""
 
-    epochs: int = 200
-    milestones: list[int] = [60, 120, 160]
-    gamma: float = 0.2
+    epochs: Count = 200
+    milestones: list[Int(1, MAX_STEPS)] = [60, 120, 160]
+    gamma: Float(gt=0, le=1) = 0.2
     scale_with_shots: bool = True
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, ms):
+        return increasing(ms)
 
 
 class KDRecipe(RecipeBase):
@@ -64,4 +87,4 @@ class KDRecipe(RecipeBase):
     loss: Loss = Loss()
     optim: Optim = Optim()
     schedule: Schedule = Schedule()
-    eval_every: int = 0  # epochs between test evaluations; 0 = about 20 evaluations per run
+    eval_every: Interval = 0  # epochs between test evaluations; 0 = about 20 evaluations per run
