@@ -7,8 +7,10 @@ from pydantic import field_validator
 
 from .recipes import (
     MAX_STEPS,
+    ArchName,
     BatchSize,
     Count,
+    DatasetName,
     Float,
     Int,
     LearningRate,
@@ -22,14 +24,14 @@ from .sam import SAMSettings
 
 
 class ClassifierData(Section):
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     batch_size: BatchSize = 64
     augment: Literal["none", "crop", "crop_flip"] = "none"
     crop_padding: Int(0, 1024) = 4
 
 
 class Model(Section):
-    arch: str = "wrn-16-2"
+    arch: ArchName = "wrn-16-2"
     kwargs: dict = {}
 
 

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .errors import UsageError
 
@@ -57,6 +57,21 @@ Probability = Float(ge=0, le=1)  # also mixing weights and fractions
 Temperature = Float(gt=0, le=1000)
 LossWeight = Float(ge=0, le=1e6)
 MetricValue = Float(ge=0, le=1e12)
+
+
+def _registered(kind: str):
+    def check(name: str) -> str:
+        from .registry import current
+
+        getattr(current(), kind)(name)  # a UsageError naming the valid ones (it passes through pydantic)
+        return name
+
+    return check
+
+
+# names checked against the registry when the recipe is validated, before a run directory exists
+DatasetName = Annotated[str, AfterValidator(_registered("dataset"))]
+ArchName = Annotated[str, AfterValidator(_registered("architecture"))]
 
 
 def increasing(values: list) -> list:

@@ -3,8 +3,10 @@
 from typing import Literal
 
 from toolbox.recipes import (
+    ArchName,
     BatchSize,
     Count,
+    DatasetName,
     Float,
     Int,
     Interval,
@@ -17,12 +19,12 @@ from toolbox.recipes import (
 
 
 class Data(Section):
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     batch_real: BatchSize = 256  # real images per class per matching step
 
 
 class Model(Section):
-    arch: str = "convnet"  # the network matched on (any ConvNet variant)
+    arch: ArchName = "convnet"  # the network matched on (any ConvNet variant)
 
 
 class Augment(Section):
@@ -41,7 +43,7 @@ class Evaluation(Section):
     weight_decay: WeightDecay = 0.0005
     batch_size: BatchSize = 256
     augment: str = "none"  # "none", "auto" (the DSA strategy of the dataset) or a strategy
-    arch: str = "convnet"
+    arch: ArchName = "convnet"
     every: Interval = 0  # also evaluate every N iterations during condensation (0: only at the end)
     note: str = ""  # how this protocol differs from the paper's, stored beside the numbers
 

@@ -4,8 +4,10 @@ from typing import Literal
 
 from toolbox.recipes import (
     MAX_STEPS,
+    ArchName,
     BatchSize,
     Count,
+    DatasetName,
     Float,
     Int,
     Momentum,
@@ -16,7 +18,7 @@ from toolbox.recipes import (
 
 
 class Data(Section):
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     batch_size: BatchSize = 128
     # carved from the train split with the run's seed (recorded in the run); never the test split
     val_fraction: Float(gt=0, lt=1) = 0.2
@@ -26,7 +28,7 @@ class Data(Section):
 
 
 class Model(Section):
-    arch: str = "mlp"
+    arch: ArchName = "mlp"
     kwargs: dict = {}
 
 

@@ -6,8 +6,10 @@ from pydantic import field_validator
 
 from toolbox.recipes import (
     MAX_STEPS,
+    ArchName,
     BatchSize,
     Count,
+    DatasetName,
     Float,
     Int,
     Interval,
@@ -30,12 +32,12 @@ class Teacher(Section):
 
 
 class Student(Section):
-    arch: str = "wrn-16-1"
+    arch: ArchName = "wrn-16-1"
     kwargs: dict = {}
 
 
 class Data(Section):
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     shots: Int(0, 10**6) = 0  # real images per class; 0 = the whole training split
     batch_size: BatchSize = 64
     augment: Literal["none", "crop", "crop_flip"] = "none"

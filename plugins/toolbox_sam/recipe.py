@@ -17,6 +17,6 @@ class Data(ClassifierData):
 class SAMRecipe(ClassifierRecipe):
     method: Literal["sam"] = "sam"
     data: Data = Data()
-    model: Model = Model(arch="mlp")
+    model: Model = Model.model_construct(arch="mlp")  # a default: not checked against the registry at import
     # rho = 0 (and fisher off) trains with the base optimiser alone: the SGD baseline of the same loop
     sam: SAMSettings = SAMSettings()

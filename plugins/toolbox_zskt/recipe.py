@@ -3,8 +3,10 @@
 from typing import Literal
 
 from toolbox.recipes import (
+    ArchName,
     BatchSize,
     Count,
+    DatasetName,
     Float,
     Int,
     Interval,
@@ -23,13 +25,13 @@ class Teacher(Section):
 
 
 class Student(Section):
-    arch: str = "wrn-16-1"
+    arch: ArchName = "wrn-16-1"
     kwargs: dict = {}
 
 
 class Data(Section):
     # only the test split is read (evaluation); the student never sees a training image
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
 
 
 class GeneratorSection(Section):

@@ -20,6 +20,9 @@ def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resu
     if resume:
         if extra or recipe or overrides or seed is not None:
             raise UsageError("--resume continues a run with its saved recipe; drop -r/-o/--seed and method options")
+        from ..artifacts import read_run_json
+
+        read_run_json(resume)  # a missing or garbage run.json is one line, before anything runs
         run_dir, metrics = runs.execute(verb, method_name or "", device=device, resume=resume)
         return _report(run_dir, metrics)
     if not method_name:
@@ -132,8 +135,14 @@ def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
     else:
         method = pm.registry.method(config.get("method", "?"), "evaluate")
     out_dir = Path(out) if out else (src.path / "eval" if src.repo is None else Path("runs") / "eval")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = pm.call("evaluate", method, source=src, options=options, device=runs.resolve_device(device), out=out_dir)
+    try:
+        result = pm.call("evaluate", method, source=src, options=options, device=runs.resolve_device(device), out=out_dir)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):  # a refused evaluation leaves no empty folder behind
+            out_dir.rmdir()
+        raise
     result = dict(result or {})
     result.setdefault("source", src.describe())
     result.setdefault("method", method.name)

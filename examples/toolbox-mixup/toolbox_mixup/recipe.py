@@ -2,16 +2,27 @@
 
 from typing import Literal
 
-from toolbox.recipes import BatchSize, Count, Float, LearningRate, Momentum, RecipeBase, Section, WeightDecay
+from toolbox.recipes import (
+    ArchName,
+    BatchSize,
+    Count,
+    DatasetName,
+    Float,
+    LearningRate,
+    Momentum,
+    RecipeBase,
+    Section,
+    WeightDecay,
+)
 
 
 class Data(Section):
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
     batch_size: BatchSize = 64
 
 
 class Model(Section):
-    arch: str = "mlp"
+    arch: ArchName = "mlp"
     kwargs: dict = {}
 
 
