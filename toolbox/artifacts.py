@@ -131,15 +131,16 @@ def check_config(config: dict, path) -> None:
         field = schema.model_fields.get(key)
         numbers = numeric_bounds(field.annotation, field.metadata) if field is not None else []
         if first["type"] == "missing":
-            what = "is missing"
-        elif key == "weights":
+            raise CheckpointError(f"{path} lacks '{key}'; the artifact is corrupt or not toolbox's, "
+                                  "re-create or re-download it") from None
+        if key == "weights":
             what = "must be a .safetensors file name inside the artifact's folder"
         elif numbers and first["type"] not in ("too_short", "too_long", "list_type"):
             each = "each element " if len(first["loc"]) > 1 and isinstance(first["loc"][1], int) else ""
             what = f"{each}must be {describe_range(*numbers[0])}"
         else:
             what = first["msg"].removeprefix("Value error, ").lower()
-        got = "" if first["type"] == "missing" else f" (got {config.get(key)!r:.60})"
+        got = f" (got {config.get(key)!r:.60})"
         raise CheckpointError(f"{path}: '{key}' {what}{got}; the artifact is corrupt or not toolbox's, "
                               "re-create or re-download it") from None
     if config["format"] == MODEL_FORMAT and not isinstance(config.get("architecture"), str):
