@@ -123,6 +123,26 @@ ROWS = [
     case("fds-val-fraction-one", "train", "fds", "-o", "data.val_fraction=1", *MLP, expect="'data.val_fraction'"),
     case("fds-outer-steps-negative", "train", "fds", "--outer-steps", "-2", *MLP, expect="'outer_steps' (--outer-steps)"),
 
+    case("arch-kwargs-unknown", "train", "supervised", "--arch", "mlp", "-o", "model.kwargs={nosuch: 1}", *MLP,
+         expect="architecture 'mlp' takes no 'nosuch' in its kwargs; it takes: hidden, depth"),
+    case("student-kwargs-unknown", "distill", "kd", "-o", "student.kwargs={widen: 3}", *MLP, expect="takes no 'widen'"),
+    case("condense-strategy-typo", "condense", "digits", "--method", "dsa", "-o", "augment.strategy=color_crp", *MLP,
+         expect="recipe key 'augment.strategy' in recipe condense/digits-dsa-ipc1: augmentation strategy 'color_crp'"),
+    case("condense-eval-augment-typo", "condense", "digits", "-o", "eval.augment=nosuch", *MLP, expect="'eval.augment'"),
+    case("schedule-file-missing", "train", "supervised", "-o", "schedule.kind=file", *MLP,
+         expect="schedule.file 'None' is not a schedule.json"),
+    case("schedule-file-not-a-schedule", "train", "sam", "-o", "schedule.kind=file", "-o", "schedule.file=run", *MLP,
+         expect="schedule.file 'run' is not a schedule.json or a run directory holding one"),
+    case("teacher-missing", "distill", "kd", "--teacher", "nowhere", *MLP, expect="teacher.source: nowhere does not exist"),
+    case("teacher-condensed-set", "distill", "zskt", "--teacher", "syn", *MLP,
+         expect="teacher.source: syn is a toolbox-condensed artifact, not a model"),
+    case("teacher-garbage-config", "distill", "kd", "--teacher", "garbage-config", *MLP, expect="is not valid JSON", code=1),
+    case("teacher-absurd-classes", "distill", "zskt", "--teacher", "huge-classes", *MLP, expect="'num_classes'", code=1),
+    case("teacher-recipe-unknown", "distill", "zskt", "-o", "teacher.recipe=nosuch", *MLP,
+         expect="teacher.recipe: recipe 'nosuch' is neither a file nor a known recipe"),
+    case("out-below-a-file", "train", "supervised", "--out", "syn/config.json/run", *MLP,
+         expect="cannot use syn/config.json/run", code=1),
+
     # --- recipes ------------------------------------------------------------------------------------
     case("recipe-unknown-name", "train", "supervised", "-r", "supervised/digitz", *MLP, expect="is neither a file nor a known recipe"),
     case("recipe-unknown-key", "train", "supervised", "-o", "optim.lrr=0.1", *MLP, expect="unknown recipe key 'optim.lrr'"),
@@ -185,6 +205,23 @@ ROWS = [
     case("evaluate-hessian-iters-negative", "evaluate", "run", "--metric", "hessian", "--iters", "-1", expect="--iters"),
     case("evaluate-hessian-samples-zero", "evaluate", "run", "--metric", "hessian", "--samples", "0", expect="--samples"),
     case("evaluate-hessian-split", "evaluate", "run", "--metric", "hessian", "--split", "val", expect="--split must be train or test"),
+    case("evaluate-condensed-augment-typo", "evaluate", "syn", "--augment", "nosuch",
+         expect="--augment: augmentation strategy 'nosuch'"),
+    case("evaluate-condensed-seed-negative", "evaluate", "syn", "--seed", "-1", expect="--seed must be an integer from 0 to"),
+    case("evaluate-leakage-seed-negative", "evaluate", "run", "--metric", "gradient-leakage", "--seed", "-1",
+         expect="--seed must be 0 or more"),
+    case("evaluate-hessian-tol-nan", "evaluate", "run", "--metric", "hessian", "--tol", "nan", expect="--tol must be a number"),
+    case("evaluate-hessian-flag-without-value", "evaluate", "run", "--metric", "hessian", "--iters",
+         expect="--iters must be an integer from 1 to 10000000 (got 'True')"),
+    case("evaluate-leakage-n-fraction", "evaluate", "run", "--metric", "gradient-leakage", "--n", "1.5",
+         expect="take integers"),
+    case("evaluate-out-below-a-file", "evaluate", "run", "--out", "syn/config.json/eval", expect="cannot use syn/config.json",
+         code=1),
+    case("evaluate-config-weights-outside", "evaluate", "outside-weights",
+         expect="'weights' must be a .safetensors file name inside the artifact's folder", code=1),
+    case("evaluate-config-zero-std", "evaluate", "zero-std", expect="'std' each element must be a number > 0", code=1),
+    case("evaluate-config-channels-mismatch", "evaluate", "two-std", expect="need one value per input channel", code=1),
+    case("evaluate-config-lacks-classes", "evaluate", "no-classes", expect="lacks 'num_classes'", code=1),
     case("evaluate-bad-hub-ref", "evaluate", "hf-hub:not a repo", expect="is not a Hub reference"),
 
     # --- export ---------------------------------------------------------------------------------------
@@ -262,6 +299,13 @@ def _build_fixtures(root: Path) -> None:
     model_folder("unknown-method", method="nosuch")
     model_folder("unknown-dataset", dataset="nosuch")
     model_folder("other-arch", architecture="convnet")
+    model_folder("outside-weights", weights="../run/model.safetensors")
+    model_folder("zero-std", std=[0.0])
+    model_folder("two-std", std=[1.0, 2.0])
+    model_folder("no-classes")
+    no_classes = json.loads((root / "no-classes" / "config.json").read_text())
+    del no_classes["num_classes"]
+    (root / "no-classes" / "config.json").write_text(json.dumps(no_classes))
     model_folder("truncated")
     weights = root / "truncated" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])

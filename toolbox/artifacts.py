@@ -151,6 +151,19 @@ def check_config(config: dict, path) -> None:
                               "the artifact is corrupt, re-create or re-download it")
 
 
+def check_model_ref(ref: str, key: str) -> None:
+    """For recipe validation: a local model reference (a teacher) must be a model artifact, so a typo
+    is refused before a run directory exists; a Hub reference is checked when it is downloaded."""
+    if not ref or ref.startswith("hf-hub:"):
+        return
+    try:
+        config = read_config(resolve_source(ref).path)
+    except UsageError as e:
+        raise UsageError(f"{key}: {e}") from None
+    if config.get("format") != MODEL_FORMAT:
+        raise UsageError(f"{key}: {ref} is a {config.get('format')} artifact, not a model; pass a run that trained one")
+
+
 def read_run_json(folder) -> dict:
     """A run's run.json (its method, verb and status), checked: resuming from a garbage file must say so."""
     path = Path(folder) / "run.json"

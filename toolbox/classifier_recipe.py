@@ -3,11 +3,12 @@
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from .recipes import (
     MAX_STEPS,
     ArchName,
+    ArchSection,
     BatchSize,
     Count,
     DatasetName,
@@ -30,7 +31,7 @@ class ClassifierData(Section):
     crop_padding: Int(0, 1024) = 4
 
 
-class Model(Section):
+class Model(ArchSection):
     arch: ArchName = "wrn-16-2"
     kwargs: dict = {}
 
@@ -51,6 +52,15 @@ class Schedule(Section):
     @classmethod
     def _increasing(cls, ms):
         return increasing(ms)
+
+    @model_validator(mode="after")
+    def _file_exists(self):
+        """kind=file reads its schedule when the recipe is validated: a wrong path fails before the run starts."""
+        if self.kind == "file":
+            from .classifier import _windowed_learning_rates
+
+            _windowed_learning_rates(self.file)
+        return self
     # kind=file: learning rates over equal windows of training, from a schedule.json (e.g. learned by
     # `toolbox train fds`) or a run directory holding one; optim.lr is then only a positive placeholder
     file: str | None = None

@@ -14,7 +14,15 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import UsageError
 
@@ -85,6 +93,31 @@ class Section(BaseModel):
     """Base for nested recipe sections: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ArchSection(Section):
+    """Base of sections with ``arch`` and ``kwargs``: a kwargs name the architecture's constructor does
+    not take is refused when the recipe is validated, not by a TypeError once the run has started."""
+
+    @model_validator(mode="after")
+    def _known_kwargs(self):
+        import inspect
+
+        from .registry import current, resolve
+
+        arch, kwargs = getattr(self, "arch", None), getattr(self, "kwargs", None) or {}
+        if not kwargs or not isinstance(arch, str):
+            return self
+        build = resolve(current().architecture(arch).build)
+        params = inspect.signature(build).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return self
+        takes = [n for n in params if n not in ("self", "num_classes", "in_channels", "image_size")]
+        unknown = sorted(set(kwargs) - set(takes))
+        if unknown:
+            raise UsageError(f"architecture '{arch}' takes no {', '.join(repr(k) for k in unknown)} in its kwargs; "
+                             f"it takes: {', '.join(takes) or 'nothing'}")
+        return self
 
 
 class Expect(Section):

@@ -10,6 +10,7 @@ from toolbox.evaluation import number_option
 from toolbox.recipes import MAX_SEED, MAX_STEPS
 
 from .evaluator import Protocol, evaluate_set
+from .recipe import check_strategy
 
 OPTIONS = ("models", "epochs", "augment", "seed", "baselines", "metric")
 
@@ -22,7 +23,14 @@ def _protocol(config: dict, options: dict) -> Protocol:
         if options.get(key) is not None:
             changes[key] = number_option(options, key, None, 1, most)
     if options.get("augment") is not None:
-        changes["augment"] = options["augment"]
+        try:
+            changes["augment"] = check_strategy(str(options["augment"]))
+            if changes["augment"] == "auto":  # the dataset's own DSA strategy, as in the recipe
+                from .augment import default_strategy
+
+                changes["augment"] = default_strategy(config.get("dataset", ""))
+        except ValueError as e:
+            raise UsageError(f"--augment: {e}") from None
     return replace(protocol, **changes)
 
 

@@ -1,6 +1,8 @@
 """Recipe schema shared by DC, DSA and DM."""
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator
 
 from toolbox.recipes import (
     ArchName,
@@ -18,6 +20,21 @@ from toolbox.recipes import (
 )
 
 
+def check_strategy(value: str) -> str:
+    """"auto", "none" or DSA families joined by "_" (color_crop_...): a typo is an error, not a silent default."""
+    if value not in ("auto", "none"):
+        from .augment import parse_strategy
+
+        try:
+            parse_strategy(value)
+        except ValueError as e:
+            raise ValueError(f"{e}, or auto or none") from None
+    return value
+
+
+Strategy = Annotated[str, AfterValidator(check_strategy)]
+
+
 class Data(Section):
     dataset: DatasetName = "digits"
     batch_real: BatchSize = 256  # real images per class per matching step
@@ -30,7 +47,7 @@ class Model(Section):
 class Augment(Section):
     # DSA strategy for the Siamese augmentation (dsa, dm); "auto" = the full strategy, without flip
     # on the digit datasets (digits, mnist, fashion-mnist, svhn); "none" turns it off
-    strategy: str = "auto"
+    strategy: Strategy = "auto"
 
 
 class Evaluation(Section):
@@ -42,7 +59,7 @@ class Evaluation(Section):
     momentum: Momentum = 0.9
     weight_decay: WeightDecay = 0.0005
     batch_size: BatchSize = 256
-    augment: str = "none"  # "none", "auto" (the DSA strategy of the dataset) or a strategy
+    augment: Strategy = "none"  # "none", "auto" (the DSA strategy of the dataset) or a strategy
     arch: ArchName = "convnet"
     every: Interval = 0  # also evaluate every N iterations during condensation (0: only at the end)
     note: str = ""  # how this protocol differs from the paper's, stored beside the numbers

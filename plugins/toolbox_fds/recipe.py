@@ -5,6 +5,7 @@ from typing import Literal
 from toolbox.recipes import (
     MAX_STEPS,
     ArchName,
+    ArchSection,
     BatchSize,
     Count,
     DatasetName,
@@ -27,7 +28,7 @@ class Data(Section):
     retrain_on: Literal["train", "train+val"] = "train+val"
 
 
-class Model(Section):
+class Model(ArchSection):
     arch: ArchName = "mlp"
     kwargs: dict = {}
 

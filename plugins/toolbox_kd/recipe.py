@@ -2,11 +2,13 @@
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
+from toolbox.errors import UsageError
 from toolbox.recipes import (
     MAX_STEPS,
     ArchName,
+    ArchSection,
     BatchSize,
     Count,
     DatasetName,
@@ -30,8 +32,23 @@ class Teacher(Section):
     source: str = ""
     recipe: str = "supervised/digits"
 
+    @model_validator(mode="after")
+    def _exists(self):
+        """A missing or wrong teacher is refused before the run directory exists."""
+        from toolbox.artifacts import check_model_ref
+        from toolbox.recipes import find_recipe
 
-class Student(Section):
+        if self.source:
+            check_model_ref(self.source, "teacher.source")
+        else:
+            try:
+                find_recipe(self.recipe)
+            except UsageError as e:
+                raise UsageError(f"teacher.recipe: {e}") from None
+        return self
+
+
+class Student(ArchSection):
     arch: ArchName = "wrn-16-1"
     kwargs: dict = {}
 

@@ -43,6 +43,14 @@ class ToolboxGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+        except OSError as e:
+            # a path the user named cannot be read or written (permissions, a read-only or missing
+            # folder, a full disk): the system's reason and the path are the whole story
+            if debug_enabled(ctx) or _strict() or not e.filename:
+                raise
+            click.echo(f"error: cannot use {e.filename}: {e.strerror or e}; choose another path or fix its permissions",
+                       err=True)
+            sys.exit(1)
         except Exception as e:
             if debug_enabled(ctx) or _strict():  # strict mode: a crashing plugin keeps its traceback
                 raise

@@ -4,6 +4,7 @@ from typing import Literal
 
 from toolbox.recipes import (
     ArchName,
+    ArchSection,
     BatchSize,
     Count,
     DatasetName,
@@ -21,7 +22,7 @@ class Data(Section):
     batch_size: BatchSize = 64
 
 
-class Model(Section):
+class Model(ArchSection):
     arch: ArchName = "mlp"
     kwargs: dict = {}
 
