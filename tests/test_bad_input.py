@@ -241,6 +241,7 @@ ROWS = [
     case("push-missing-run", "push", "nowhere", "org/name", expect="'nowhere' does not exist"),
     case("push-not-an-artifact", "push", "empty", "org/name", expect="has no config.json", code=1),
     case("push-bad-repo", "push", "run", "not a repo", expect="is not a Hub reference"),
+    case("push-garbage-run-json", "push", "garbage-run-model", "org/name", expect="run.json is not valid JSON", code=1),
     case("push-garbage-config", "push", "garbage-config", "org/name", expect="config.json is not valid JSON", code=1),
 
     # --- listing verbs and packages ---------------------------------------------------------------
@@ -299,6 +300,8 @@ def _build_fixtures(root: Path) -> None:
     model_folder("unknown-method", method="nosuch")
     model_folder("unknown-dataset", dataset="nosuch")
     model_folder("other-arch", architecture="convnet")
+    model_folder("garbage-run-model")
+    (root / "garbage-run-model" / "run.json").write_text("{")
     model_folder("outside-weights", weights="../run/model.safetensors")
     model_folder("zero-std", std=[0.0])
     model_folder("two-std", std=[1.0, 2.0])

@@ -10,11 +10,10 @@ condensed sets; the revision is a branch, tag or commit sha.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from pathlib import Path
 
-from .artifacts import CONDENSED_FORMAT, PICKLE_SUFFIXES, Source, read_config
+from .artifacts import CONDENSED_FORMAT, PICKLE_SUFFIXES, Source, read_config, read_run_json
 from .errors import CheckpointError, RunError, UsageError
 
 ALLOW = ["*.safetensors", "*.json", "*.jsonl", "*.yaml", "*.md", "images/*.png"]
@@ -146,7 +145,7 @@ def push(run_dir: Path, repo: str, *, private: bool = False, revision: str | Non
     weights = run_dir / config.get("weights", "model.safetensors")
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no {weights.name}: push a finished run")
-    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    run_info = read_run_json(run_dir) if (run_dir / "run.json").is_file() else {}  # a garbage one: one line
     files = [weights, run_dir / "config.json"] + [run_dir / n for n in ("recipe.yaml", "metrics.jsonl", "summary.json")
                                                    if (run_dir / n).is_file()]
     files += [p for p in sorted((run_dir / "images").glob("*.png")) if p.stat().st_size < 5_000_000]
