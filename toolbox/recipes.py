@@ -1,8 +1,10 @@
 """Recipes: YAML (safe_load only) -> validated, typed config, with -o key.sub=value overrides.
 
 A recipe is one reproducible experiment. Recipes come from strangers (the Hub), so no YAML tags
-that import or call code are honoured: ``yaml.safe_load`` only, and every key is checked against
-the method's pydantic schema. Errors name the key and list the valid ones.
+that import or call code are honoured (a yaml.SafeLoader, which also refuses a key given twice), and
+every key is checked against the method's pydantic schema: errors name the key and list the valid
+keys, or the valid range of a number. Validators that look names up (datasets, architectures,
+teachers) raise UsageError, which pydantic passes through unchanged, so their message is the line.
 """
 
 from __future__ import annotations
