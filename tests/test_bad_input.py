@@ -143,6 +143,14 @@ ROWS = [
     case("out-below-a-file", "train", "supervised", "--out", "syn/config.json/run", *MLP,
          expect="cannot use syn/config.json/run", code=1),
 
+    # checked by the method once its run directory exists: only that folder may appear
+    case("condense-ipc-above-smallest-class", "condense", "digits", "--ipc", "5000", "--init", "real", "--out", "big-ipc", *MLP,
+         expect="ipc must be between 1 and 131 (the smallest class of digits), got 5000", out="big-ipc"),
+    case("kd-shots-above-class-size", "distill", "kd", "--teacher", "run", "--student", "mlp", "--shots", "100000",
+         "--out", "many-shots", *MLP, expect="--shots 100000 is more than class 0 has", out="many-shots"),
+    case("dataset-not-on-disk", "train", "supervised", "--arch", "mlp", "--dataset", "mnist", "--out", "no-data", *MLP,
+         expect="dataset 'mnist' is missing", out="no-data"),
+
     # --- recipes ------------------------------------------------------------------------------------
     case("recipe-unknown-name", "train", "supervised", "-r", "supervised/digitz", *MLP, expect="is neither a file nor a known recipe"),
     case("recipe-unknown-key", "train", "supervised", "-o", "optim.lrr=0.1", *MLP, expect="unknown recipe key 'optim.lrr'"),
