@@ -164,3 +164,11 @@ def test_a_key_given_twice_in_a_recipe_is_refused_with_its_lines(tmp_path, super
     recipe, _ = recipes.load_recipe(supervised, str(fine))
     assert recipe.optim.lr == 0.2 and recipe.sam.rho == 0.1
     assert recipes.yaml_load("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n") == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}
+
+
+def test_a_saved_recipe_reads_back_as_the_same_recipe(supervised):
+    recipe, text = recipes.load_recipe(supervised, "supervised/digits", ["description='1e5'", "optim.lr=1e-3"])
+    assert recipe.description == "1e5" and "'1e5'" in text
+    again = recipes.yaml_load(text)
+    assert again["description"] == "1e5" and again["optim"]["lr"] == 0.001
+    assert supervised.recipe_model().model_validate(again) == recipe

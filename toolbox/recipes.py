@@ -164,10 +164,23 @@ def _loader():
                     break
             return super().construct_mapping(node, deep=deep)
 
-    RecipeLoader.add_implicit_resolver(
-        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"))
+    RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
     return RecipeLoader
+
+
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+def _dumper():
+    """yaml.SafeDumper that quotes strings the loader would read as numbers ('1e5'), so a saved
+    recipe.yaml reads back as the same recipe."""
+    import yaml
+
+    class RecipeDumper(yaml.SafeDumper):
+        pass
+
+    RecipeDumper.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
+    return RecipeDumper
 
 
 class DuplicateKey(Exception):
@@ -328,7 +341,7 @@ def load_recipe(method, ref: str | None, overrides=()):
 def dump(recipe) -> str:
     import yaml
 
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    return yaml.dump(recipe.model_dump(mode="json"), Dumper=_dumper(), sort_keys=False)
 
 
 def recipe_hash(text: str) -> str:
