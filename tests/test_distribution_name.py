@@ -67,7 +67,8 @@ def test_install_refuses_names_outside_the_convention_before_running_pip(spec, e
     assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
 
 
-def test_install_passes_conventional_names_paths_and_any_name_to_pip(monkeypatch):
+def test_install_passes_conventional_names_paths_and_any_name_to_pip(monkeypatch, tmp_path):
+    (tmp_path / "plugin-dir").mkdir()  # the test runs in tmp_path
     calls = []
     monkeypatch.setattr("toolbox.cli.packages._pip", calls.append)
     for args in (["toolbox-compression-mixup"], ["./plugin-dir"], ["--any-name", "mixup"], [f"{DISTRIBUTION}[onnx]"]):

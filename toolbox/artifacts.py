@@ -6,6 +6,7 @@ ever unpickled. Every failure is one line naming the file and the problem.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,101 @@ def read_config(folder: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the artifact is corrupt, re-create or re-download it") from None
     if not isinstance(config, dict) or "format" not in config:
         raise CheckpointError(f"{path} is not a toolbox config (no 'format' key)")
+    check_config(config, path)
     return config
+
+
+@functools.cache
+def _config_schema():
+    """What loading an artifact relies on, with bounds: a config.json from a stranger must not make
+    toolbox allocate a terabyte (num_classes 10**12), build negative shapes or read files outside
+    its folder (weights "../../x")."""
+    from typing import Annotated, Literal
+
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+    from .recipes import Float, Int
+
+    FileName = Annotated[str, StringConstraints(pattern=r"^[\w.-]+\.safetensors$")]
+
+    class ArtifactConfig(BaseModel):
+        model_config = ConfigDict(extra="allow", protected_namespaces=())
+        format: Literal["toolbox-model", "toolbox-condensed"]
+        weights: FileName | None = None
+        num_classes: Int(1, 100_000)
+        input_shape: Annotated[list[Int(1, 65_536)], Field(min_length=3, max_length=3)]
+        mean: list[Float(ge=-1e6, le=1e6)]
+        std: list[Float(gt=0, le=1e6)]
+        dataset: str | None = None
+        method: str | None = None
+        architecture: str | None = None
+        arch_kwargs: dict = {}
+        ipc: Int(1, 100_000) | None = None
+        metrics: dict = {}
+
+    return ArtifactConfig
+
+
+def check_config(config: dict, path) -> None:
+    from pydantic import ValidationError
+
+    from .recipes import describe_range, numeric_bounds
+
+    schema = _config_schema()
+    try:
+        schema.model_validate(config)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else "?"
+        field = schema.model_fields.get(key)
+        numbers = numeric_bounds(field.annotation, field.metadata) if field is not None else []
+        if first["type"] == "missing":
+            raise CheckpointError(f"{path} lacks '{key}'; the artifact is corrupt or not toolbox's, "
+                                  "re-create or re-download it") from None
+        if key == "weights":
+            what = "must be a .safetensors file name inside the artifact's folder"
+        elif numbers and first["type"] not in ("too_short", "too_long", "list_type"):
+            each = "each element " if len(first["loc"]) > 1 and isinstance(first["loc"][1], int) else ""
+            what = f"{each}must be {describe_range(*numbers[0])}"
+        else:
+            what = first["msg"].removeprefix("Value error, ").lower()
+        got = f" (got {config.get(key)!r:.60})"
+        raise CheckpointError(f"{path}: '{key}' {what}{got}; the artifact is corrupt or not toolbox's, "
+                              "re-create or re-download it") from None
+    if config["format"] == MODEL_FORMAT and not isinstance(config.get("architecture"), str):
+        raise CheckpointError(f"{path} lacks 'architecture'; the artifact is corrupt or not a toolbox model")
+    channels = config["input_shape"][0]
+    if len(config["mean"]) != channels or len(config["std"]) != channels:
+        raise CheckpointError(f"{path}: 'mean' and 'std' need one value per input channel ({channels}); "
+                              "the artifact is corrupt, re-create or re-download it")
+
+
+def check_model_ref(ref: str, key: str) -> None:
+    """For recipe validation: a local model reference (a teacher) must be a model artifact, so a typo
+    is refused before a run directory exists; a Hub reference is checked when it is downloaded."""
+    if not ref or ref.startswith("hf-hub:"):
+        return
+    try:
+        config = read_config(resolve_source(ref).path)
+    except UsageError as e:
+        raise UsageError(f"{key}: {e}") from None
+    if config.get("format") != MODEL_FORMAT:
+        raise UsageError(f"{key}: {ref} is a {config.get('format')} artifact, not a model; pass a run that trained one")
+
+
+def read_run_json(folder) -> dict:
+    """A run's run.json (its method, verb and status), checked: resuming from a garbage file must say so."""
+    path = Path(folder) / "run.json"
+    if not path.is_file():
+        raise UsageError(f"{folder} is not a run directory (no run.json); pass the folder a run wrote")
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the run's record is corrupt, start the run again") from None
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("method", "verb")):
+        raise CheckpointError(f"{path} is not a toolbox run record (it needs 'method' and 'verb'); "
+                              "pass the folder a toolbox run wrote")
+    return info
 
 
 def _image_size(shape) -> int:

@@ -3,35 +3,66 @@
 
 from typing import Literal
 
+from pydantic import field_validator, model_validator
+
 from .engine import Loop
-from .recipes import RecipeBase, Section
+from .recipes import (
+    MAX_STEPS,
+    ArchName,
+    ArchSection,
+    BatchSize,
+    Count,
+    DatasetName,
+    Float,
+    Int,
+    LearningRate,
+    Momentum,
+    RecipeBase,
+    Section,
+    WeightDecay,
+    increasing,
+)
 from .sam import SAMSettings
 from .speed import Speed
 
 
 class ClassifierData(Section):
-    dataset: str = "digits"
-    batch_size: int = 64
+    dataset: DatasetName = "digits"
+    batch_size: BatchSize = 64
     augment: Literal["none", "crop", "crop_flip"] = "none"
-    crop_padding: int = 4
+    crop_padding: Int(0, 1024) = 4
 
 
-class Model(Section):
-    arch: str = "wrn-16-2"
+class Model(ArchSection):
+    arch: ArchName = "wrn-16-2"
     kwargs: dict = {}
 
 
 class Optim(Section):
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: LearningRate = 0.1
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 5e-4
     nesterov: bool = False
 
 
 class Schedule(Section):
     kind: Literal["step", "cosine", "constant", "file"] = "cosine"
-    milestones: list[int] = []  # epochs, for kind=step
-    gamma: float = 0.2
+    milestones: list[Int(1, MAX_STEPS)] = []  # epochs, for kind=step
+    gamma: Float(gt=0, le=1) = 0.2
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, ms):
+        return increasing(ms)
+
+    @model_validator(mode="after")
+    def _file_exists(self):
+        """kind=file reads its schedule when the recipe is validated: a wrong path fails before the run starts."""
+        if self.kind == "file":
+            from .classifier import _windowed_learning_rates
+
+            _windowed_learning_rates(self.file)
+        return self
     # kind=file: learning rates over equal windows of training, from a schedule.json (e.g. learned by
     # `toolbox train fds`) or a run directory holding one; optim.lr is then only a positive placeholder
     file: str | None = None
@@ -45,5 +76,6 @@ class ClassifierRecipe(RecipeBase):
     speed: Speed = Speed()  # mixed precision, channels_last, compile (toolbox.speed)
     loop: Loop = Loop()  # gradient accumulation, clipping, how often the loss is read (toolbox.engine)
     sam: SAMSettings | None = None  # set: wrap SGD in SAM / ASAM / Fisher-SAM (toolbox.sam)
-    epochs: int = 30
-    eval_every: int = 1  # epochs
+    epochs: Count = 30
+    eval_every: Count = 1  # epochs
+

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolbox import artifacts, data
 from toolbox.errors import UsageError
-from toolbox.evaluation import accuracy, predict
+from toolbox.evaluation import accuracy, number_option, predict
 from toolbox.transition import belief_matching
 
 METRICS = ("accuracy", "transition-curves")
@@ -43,6 +43,8 @@ def evaluate_student(source, options: dict, device, out, method: str = "distille
     metric = options.get("metric") or "accuracy"
     if metric not in METRICS:
         raise UsageError(f"{method} students support --metric {' or '.join(METRICS)}, not '{metric}'")
+    images = number_option(options, "images", 1000, 1, 10**6)  # read before any work, like every option
+    steps = number_option(options, "steps", 200, 1, 10**6)
     student = artifacts.load_model(source, device=device)
     real = data.load(student.config["dataset"])
     if not student.config.get("teacher") and not options.get("teacher"):
@@ -62,6 +64,6 @@ def evaluate_student(source, options: dict, device, out, method: str = "distille
     result = {"metrics": metrics, "dataset": real.name, "test_images": len(y), "teacher": teacher.source.describe()}
     if metric == "transition-curves":
         result.update(belief_matching(student.model, teacher.model, x, real.num_classes, Path(out),
-                                      images=int(options.get("images") or 1000), steps=int(options.get("steps") or 200)))
+                                      images=images, steps=steps))
         metrics["mte"] = result.pop("mte")
     return result

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
-
 from .errors import UsageError
-from .recipes import Section
+from .recipes import Count, Float, Int, Section
 
 
 class Loop(Section):
     """The ``loop:`` recipe section. accumulate: micro-batches per optimiser step (their mean gradient);
     clip_norm: largest global gradient norm (off when unset); log_every: steps between reads of the loss."""
 
-    accumulate: int = Field(1, ge=1)
-    clip_norm: float | None = Field(None, gt=0)
-    log_every: int = Field(50, ge=1)
+    accumulate: Int(1, 4096) = 1
+    clip_norm: Float(gt=0, le=1e6) | None = None
+    log_every: Count = 50
 
 
 # --- batch sources ------------------------------------------------------------------------------

@@ -42,3 +42,21 @@ def check_options(options: dict, valid: tuple[str, ...], what: str) -> None:
     if unknown:
         takes = f"it takes {', '.join('--' + k for k in valid)}" if valid else "it takes no options besides --metric"
         raise UsageError(f"{what} does not take {', '.join('--' + k for k in unknown)}; {takes}")
+
+
+def number_option(options: dict, name: str, default, lo, hi, kind=int):
+    """``--name`` of `toolbox evaluate` as an int (or float) in [lo, hi], ``default`` when absent; anything
+    else is a usage error naming the option and its range, never a silent default or a crash."""
+    from .errors import UsageError
+
+    raw = options.get(name)
+    if raw is None:
+        return default
+    what = f"{'an integer' if kind is int else 'a number'} from {lo} to {hi}"
+    try:
+        value = kind(str(raw))
+    except ValueError:
+        raise UsageError(f"--{name} must be {what} (got '{raw}')") from None
+    if not lo <= value <= hi:  # also refuses nan
+        raise UsageError(f"--{name} must be {what} (got {raw})")
+    return value

@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from .artifacts import CONDENSED_FORMAT, PICKLE_SUFFIXES, Source, read_config
+from .artifacts import CONDENSED_FORMAT, PICKLE_SUFFIXES, Source, read_config, read_run_json
 from .errors import CheckpointError, RunError, UsageError
 from .state import atomic_write_text
 
@@ -178,7 +178,7 @@ def push(run_dir: Path, repo: str, *, private: bool = False, revision: str | Non
         raise CheckpointError(f"{run_dir} has no {weights.name}: push a finished run")
     teacher = portable_teacher(config, run_dir, teacher_repo, lambda folder, to: push(
         folder, to, private=private, message=f"toolbox push: the teacher of {repo}").oid)
-    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    run_info = read_run_json(run_dir) if (run_dir / "run.json").is_file() else {}  # a garbage one: one line
     files = [weights, run_dir / "config.json"] + [run_dir / n for n in ("recipe.yaml", "metrics.jsonl", "summary.json")
                                                    if (run_dir / n).is_file()]
     files += [p for p in sorted((run_dir / "images").glob("*.png")) if p.stat().st_size < 5_000_000]

@@ -3,12 +3,13 @@
 A plugin that fails to import, names a hook that does not exist, or raises while registering is
 reported (``toolbox plugins``) and left out; every other plugin keeps working. ``TOOLBOX_STRICT=1``
 turns those reports into errors with a traceback. ``TOOLBOX_LOAD_PLUGINS`` selects plugins:
-unset = all, empty = none, a comma list = only those.
+unset = all, empty = none, a comma list = only those (a name no installed plugin has is warned about).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
@@ -57,6 +58,7 @@ class Plugins:
         self.registry = Registry()
         self.loaded: list[PluginInfo] = []
         self.failed: list[PluginFailure] = []
+        self.warnings: list[str] = []  # shown on stderr once, when the plugins are loaded for a command
 
     # --- loading ------------------------------------------------------------------------------
     def load_entry_points(self) -> None:
@@ -64,7 +66,13 @@ class Plugins:
 
         self._add(CORE, builtins, dist=DISTRIBUTION, version=None)
         wanted = _selected()
-        for ep in sorted(entry_points(group="toolbox"), key=lambda e: e.name):
+        available = sorted(entry_points(group="toolbox"), key=lambda e: e.name)
+        unknown = sorted((wanted or set()) - {ep.name for ep in available})
+        if unknown:  # a typo here would otherwise just empty the tables
+            self.warnings.append(f"TOOLBOX_LOAD_PLUGINS names {', '.join(repr(n) for n in unknown)}, but no installed "
+                                 f"plugin has {'that name' if len(unknown) == 1 else 'those names'}; installed: "
+                                 f"{', '.join(ep.name for ep in available) or 'none'}")
+        for ep in available:
             if wanted is not None and ep.name not in wanted:
                 continue
             dist = ep.dist.name if ep.dist else None
@@ -174,6 +182,8 @@ def load(reload: bool = False) -> Plugins:
     if _loaded is None or reload:
         plugins = Plugins()
         plugins.load_entry_points()
+        for warning in plugins.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         _loaded = plugins
         set_current(plugins.registry)
     return _loaded

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
-from .recipes import Section
+from .recipes import Float, Section
 
 _EPS = 1e-12
 
@@ -18,11 +18,11 @@ class SAMSettings(Section):
     """The ``sam:`` recipe section. rho: radius of the Euclidean (or ASAM-scaled) neighbourhood.
     fisher: use the Fisher ellipsoid e^T F e <= gamma^2, F = diag(1 + eta g^2); gamma defaults to rho."""
 
-    rho: float = 0.05
+    rho: Float(ge=0, le=100) = 0.05
     adaptive: bool = False
     fisher: bool = False
-    eta: float = 1.0
-    gamma: float | None = None
+    eta: Float(ge=0, le=1e6) = 1.0
+    gamma: Float(ge=0, le=100) | None = None
 
     @property
     def radius(self) -> float:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from dataclasses import fields, replace
 
 from toolbox.errors import UsageError
+from toolbox.evaluation import number_option
+from toolbox.recipes import MAX_SEED, MAX_STEPS
 
 from .evaluator import Protocol, evaluate_set
+from .recipe import check_strategy
 
 OPTIONS = ("models", "epochs", "augment", "seed", "baselines", "metric")
 
@@ -16,14 +19,18 @@ def _protocol(config: dict, options: dict) -> Protocol:
     stored = config.get("protocol") or {}
     protocol = Protocol(**{f.name: stored[f.name] for f in fields(Protocol) if f.name in stored})
     changes = {}
-    for key in ("models", "epochs"):
+    for key, most in (("models", 10_000), ("epochs", MAX_STEPS)):
         if options.get(key) is not None:
-            try:
-                changes[key] = int(options[key])
-            except ValueError:
-                raise UsageError(f"--{key} must be an integer, got '{options[key]}'") from None
+            changes[key] = number_option(options, key, None, 1, most)
     if options.get("augment") is not None:
-        changes["augment"] = options["augment"]
+        try:
+            changes["augment"] = check_strategy(str(options["augment"]))
+            if changes["augment"] == "auto":  # the dataset's own DSA strategy, as in the recipe
+                from .augment import default_strategy
+
+                changes["augment"] = default_strategy(config.get("dataset", ""))
+        except ValueError as e:
+            raise UsageError(f"--augment: {e}") from None
     return replace(protocol, **changes)
 
 
@@ -54,7 +61,8 @@ def evaluate_condensed(source, options: dict, device) -> dict:
     synthetic = load_synthetic(source)
     data = load(config["dataset"])
     protocol = _protocol(config, options)
-    seed = int(options["seed"]) if options.get("seed") is not None else int(config["protocol"].get("seed", 0))
+    seed = number_option(options, "seed", None, 0, MAX_SEED)
+    seed = int((config.get("protocol") or {}).get("seed", 0)) if seed is None else seed
     ipc = int(config["ipc"])
     result = evaluate_set(synthetic.images, synthetic.labels, data, protocol, seed, device)
     metrics = {"accuracy": result["accuracy"], "accuracy_std": result["accuracy_std"]}

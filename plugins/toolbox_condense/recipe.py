@@ -1,37 +1,67 @@
 """Recipe schema shared by DC, DSA and DM."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from toolbox.recipes import RecipeBase, Section
+from pydantic import AfterValidator
+
+from toolbox.recipes import (
+    ArchName,
+    BatchSize,
+    Count,
+    DatasetName,
+    Float,
+    Int,
+    Interval,
+    LearningRate,
+    Momentum,
+    RecipeBase,
+    Section,
+    WeightDecay,
+)
+
+
+def check_strategy(value: str) -> str:
+    """"auto", "none" or DSA families joined by "_" (color_crop_...): a typo is an error, not a silent default."""
+    if value not in ("auto", "none"):
+        from .augment import parse_strategy
+
+        try:
+            parse_strategy(value)
+        except ValueError as e:
+            raise ValueError(f"{e}, or auto or none") from None
+    return value
+
+
+Strategy = Annotated[str, AfterValidator(check_strategy)]
 
 
 class Data(Section):
-    dataset: str = "digits"
-    batch_real: int = 256  # real images per class per matching step
+    dataset: DatasetName = "digits"
+    batch_real: BatchSize = 256  # real images per class per matching step
 
 
 class Model(Section):
-    arch: str = "convnet"  # the network matched on (any ConvNet variant)
+    arch: ArchName = "convnet"  # the network matched on (any ConvNet variant)
 
 
 class Augment(Section):
     # DSA strategy for the Siamese augmentation (dsa, dm); "auto" = the full strategy, without flip
     # on the digit datasets (digits, mnist, svhn); "none" turns it off
-    strategy: str = "auto"
+    strategy: Strategy = "auto"
 
 
 class Evaluation(Section):
     """The evaluation protocol (see evaluator.Protocol); every reported number carries it."""
 
-    models: int = 5
-    epochs: int = 300
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    batch_size: int = 256
-    augment: str = "none"  # "none", "auto" (the DSA strategy of the dataset) or a strategy
-    arch: str = "convnet"
-    every: int = 0  # also evaluate every N iterations during condensation (0: only at the end)
+    models: Int(1, 10_000) = 5
+    epochs: Count = 300
+    lr: LearningRate = 0.01
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 0.0005
+    batch_size: BatchSize = 256
+    augment: Strategy = "none"  # "none", "auto" (the DSA strategy of the dataset) or a strategy
+    arch: ArchName = "convnet"
+    every: Interval = 0  # also evaluate every N iterations during condensation (0: only at the end)
     note: str = ""  # how this protocol differs from the paper's, stored beside the numbers
 
 
@@ -41,17 +71,17 @@ class CondenseRecipe(RecipeBase):
     model: Model = Model()
     augment: Augment = Augment()
     eval: Evaluation = Evaluation()
-    ipc: int = 1
-    iterations: int = 1000
+    ipc: Int(1, 100_000) = 1
+    iterations: Count = 1000
     init: Literal["noise", "real"] = "noise"
-    lr_img: float = 0.1
-    momentum_img: float = 0.5
-    lr_net: float = 0.01  # DC/DSA: the network trained between outer steps
-    batch_train: int = 256
-    outer_loop: int | None = None  # DC/DSA: None = the reference's table by ipc
-    inner_loop: int | None = None
+    lr_img: Float(gt=0, le=1e6) = 0.1  # DM's papers use 1 to 100 on unnormalised pixels
+    momentum_img: Momentum = 0.5
+    lr_net: LearningRate = 0.01  # DC/DSA: the network trained between outer steps
+    batch_train: BatchSize = 256
+    outer_loop: Int(1, 100_000) | None = None  # DC/DSA: None = the reference's table by ipc
+    inner_loop: Int(0, 100_000) | None = None
     distance: Literal["ours", "mse", "cos"] = "ours"
     # DC/DSA: "vmap" = all classes' gradients in one batched call; "loop" = class by class, one
     # class's graph in memory at a time (same maths); "auto" = loop on CPU, vmap on GPU
     class_batching: Literal["auto", "vmap", "loop"] = "auto"
-    log_every: int = 10
+    log_every: Count = 10

@@ -2,7 +2,29 @@
 
 from typing import Literal
 
-from toolbox.recipes import RecipeBase, Section
+from pydantic import field_validator, model_validator
+
+from toolbox.errors import UsageError
+from toolbox.recipes import (
+    MAX_STEPS,
+    ArchName,
+    ArchSection,
+    BatchSize,
+    Count,
+    DatasetName,
+    Float,
+    Int,
+    Interval,
+    LearningRate,
+    LossWeight,
+    Momentum,
+    Probability,
+    RecipeBase,
+    Section,
+    Temperature,
+    WeightDecay,
+    increasing,
+)
 
 
 class Teacher(Section):
@@ -10,18 +32,33 @@ class Teacher(Section):
     source: str = ""
     recipe: str = "supervised/digits"
 
+    @model_validator(mode="after")
+    def _exists(self):
+        """A missing or wrong teacher is refused before the run directory exists."""
+        from toolbox.artifacts import check_model_ref
+        from toolbox.recipes import find_recipe
 
-class Student(Section):
-    arch: str = "wrn-16-1"
+        if self.source:
+            check_model_ref(self.source, "teacher.source")
+        else:
+            try:
+                find_recipe(self.recipe)
+            except UsageError as e:
+                raise UsageError(f"teacher.recipe: {e}") from None
+        return self
+
+
+class Student(ArchSection):
+    arch: ArchName = "wrn-16-1"
     kwargs: dict = {}
 
 
 class Data(Section):
-    dataset: str = "digits"
-    shots: int = 0  # real images per class; 0 = the whole training split
-    batch_size: int = 64
+    dataset: DatasetName = "digits"
+    shots: Int(0, 10**6) = 0  # real images per class; 0 = the whole training split
+    batch_size: BatchSize = 64
     augment: Literal["none", "crop", "crop_flip"] = "none"
-    crop_padding: int = 4
+    crop_padding: Int(0, 1024) = 4
 
 
 class Loss(Section):
@@ -32,21 +69,21 @@ class Loss(Section):
     number of layers, at_weight = beta * 3 / n reproduces it."""
 
     kind: Literal["ce", "kd", "at", "kd+at"] = "kd+at"
-    alpha: float = 0.9
-    temperature: float = 4.0
+    alpha: Probability = 0.9
+    temperature: Temperature = 4.0
     # "mean" divides KL by batch*classes and is what the reference's 2*alpha*T^2 factor is tuned to;
     # "batchmean" is the textbook KL, used with alpha*T^2 (Hinton et al.)
     kl_reduction: Literal["mean", "batchmean"] = "mean"
-    at_weight: float = 1000.0
+    at_weight: LossWeight = 1000.0
     # module paths whose outputs are matched; empty = the architecture's feature_layers (WRN groups)
     student_layers: list[str] = []
     teacher_layers: list[str] = []
 
 
 class Optim(Section):
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: LearningRate = 0.1
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 5e-4
 
 
 class Schedule(Section):
@@ -54,10 +91,15 @@ class Schedule(Section):
     N_train / (classes * M) and truncated, so a few-shot run takes as many SGD steps as full-data
     training. As in the reference, the decay at milestone m applies from the epoch after epoch m."""
 
-    epochs: int = 200
-    milestones: list[int] = [60, 120, 160]
-    gamma: float = 0.2
+    epochs: Count = 200
+    milestones: list[Int(1, MAX_STEPS)] = [60, 120, 160]
+    gamma: Float(gt=0, le=1) = 0.2
     scale_with_shots: bool = True
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, ms):
+        return increasing(ms)
 
 
 class KDRecipe(RecipeBase):
@@ -68,4 +110,4 @@ class KDRecipe(RecipeBase):
     loss: Loss = Loss()
     optim: Optim = Optim()
     schedule: Schedule = Schedule()
-    eval_every: int = 0  # epochs between test evaluations; 0 = about 20 evaluations per run
+    eval_every: Interval = 0  # epochs between test evaluations; 0 = about 20 evaluations per run

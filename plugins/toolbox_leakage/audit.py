@@ -32,6 +32,8 @@ def _options(options: dict) -> dict:
         raise UsageError(f"--n, --iters and --seed take integers ({e})") from None
     if n < 1 or iters < 1:
         raise UsageError("--n and --iters must be at least 1")
+    if seed < 0:
+        raise UsageError(f"--seed must be 0 or more (got {seed})")
     return {"mode": mode, "split": split, "n": n, "iters": iters, "seed": seed, "untrained": bool(options.get("untrained"))}
 
 

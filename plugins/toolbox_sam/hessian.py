@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from toolbox import artifacts, data
 from toolbox.errors import UsageError
-from toolbox.evaluation import check_options
+from toolbox.evaluation import check_options, number_option
+from toolbox.recipes import MAX_SEED, MAX_STEPS
 
 from .noise import symmetric_label_noise
 
@@ -48,6 +49,10 @@ def top_eigenvalue(model, x, y, *, iters: int = 100, tol: float = 1e-4, batch_si
 def evaluate_hessian(source, options: dict, device) -> dict:
     """Top Hessian eigenvalue of the model's training loss, on the labels it was trained with."""
     check_options(options, ("split", "samples", "iters", "tol", "seed"), "the hessian metric")
+    samples = number_option(options, "samples", None, 1, MAX_STEPS)  # None: the whole split
+    iters = number_option(options, "iters", 100, 1, MAX_STEPS)
+    tol = number_option(options, "tol", 1e-4, 0.0, 1.0, float)
+    seed = number_option(options, "seed", 0, 0, MAX_SEED)
     loaded = artifacts.load_model(source, device=device)
     model = loaded.model.eval()  # batch norm on its running statistics, no dropout
     real = data.load(loaded.config["dataset"])
@@ -58,11 +63,9 @@ def evaluate_hessian(source, options: dict, device) -> dict:
     noise = loaded.config.get("label_noise") or {}
     if split == "train" and noise.get("fraction"):
         y = symmetric_label_noise(y, real.num_classes, noise["fraction"], noise["seed"])
-    samples = int(options.get("samples") or len(x))
     x = real.normalize(x[:samples]).to(device)
     y = y[:samples].to(device)
-    value, used = top_eigenvalue(model, x, y, iters=int(options.get("iters") or 100),
-                                 tol=float(options.get("tol") or 1e-4), seed=int(options.get("seed") or 0))
+    value, used = top_eigenvalue(model, x, y, iters=iters, tol=tol, seed=seed)
     labels = f"{noise['fraction']:.0%} symmetric noise (seed {noise['seed']}), as trained" \
         if split == "train" and noise.get("fraction") else "clean"
     return {"metrics": {"hessian_top_eigenvalue": value, "power_iterations": used},

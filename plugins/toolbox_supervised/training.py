@@ -7,11 +7,14 @@ from toolbox.classifier import evaluate_accuracy, fit
 from toolbox.errors import UsageError
 from toolbox.evaluation import check_options
 
+from .recipe import check_dataset
+
 
 def _train_set(recipe):
     """(real ImageData, normalised train x, train y, synthetic Source or None): the real split or a condensed set."""
     if recipe.data.synthetic:
         syn = artifacts.load_synthetic(recipe.data.synthetic)
+        check_dataset(recipe.data.synthetic, syn.config["dataset"], recipe.data.dataset)
         real = data.load(syn.config["dataset"])
         return real, syn.images, syn.labels, syn.source
     real = data.load(recipe.data.dataset)

@@ -2,7 +2,24 @@
 
 from typing import Literal
 
-from toolbox.recipes import RecipeBase, Section
+from pydantic import model_validator
+
+from toolbox.errors import UsageError
+from toolbox.recipes import (
+    ArchName,
+    ArchSection,
+    BatchSize,
+    Count,
+    DatasetName,
+    Float,
+    Int,
+    Interval,
+    LearningRate,
+    LossWeight,
+    RecipeBase,
+    Section,
+    Temperature,
+)
 
 
 class Teacher(Section):
@@ -10,30 +27,45 @@ class Teacher(Section):
     source: str = ""
     recipe: str = "supervised/digits"  # supervised recipe of the teacher used when source is empty
 
+    @model_validator(mode="after")
+    def _exists(self):
+        """A missing or wrong teacher is refused before the run directory exists."""
+        from toolbox.artifacts import check_model_ref
+        from toolbox.recipes import find_recipe
 
-class Student(Section):
-    arch: str = "wrn-16-1"
+        if self.source:
+            check_model_ref(self.source, "teacher.source")
+        else:
+            try:
+                find_recipe(self.recipe)
+            except UsageError as e:
+                raise UsageError(f"teacher.recipe: {e}") from None
+        return self
+
+
+class Student(ArchSection):
+    arch: ArchName = "wrn-16-1"
     kwargs: dict = {}
 
 
 class Data(Section):
     # only the test split is read (evaluation); the student never sees a training image
-    dataset: str = "digits"
+    dataset: DatasetName = "digits"
 
 
 class GeneratorSection(Section):
-    z_dim: int = 100
+    z_dim: Int(1, 100_000) = 100
 
 
 class Optim(Section):
-    student_lr: float = 2e-3
-    generator_lr: float = 1e-3  # the paper states 2e-3 for both; the released code uses 1e-3 here
-    grad_clip: float = 5.0  # max grad norm, both networks; the learning rates follow a cosine to 0, stepped per iteration
+    student_lr: LearningRate = 2e-3
+    generator_lr: LearningRate = 1e-3  # the paper states 2e-3 for both; the released code uses 1e-3 here
+    grad_clip: Float(gt=0, le=1e6) = 5.0  # max grad norm, both networks; the learning rates follow a cosine to 0, stepped per iteration
 
 
 class Loss(Section):
-    beta: float = 250.0  # per attention layer, tuned to mean-reduced AT and KL
-    temperature: float = 1.0
+    beta: LossWeight = 250.0  # per attention layer, tuned to mean-reduced AT and KL
+    temperature: Temperature = 1.0
 
 
 class Speed(Section):
@@ -53,9 +85,9 @@ class ZSKTRecipe(RecipeBase):
     optim: Optim = Optim()
     loss: Loss = Loss()
     speed: Speed = Speed()
-    iterations: int = 80_000
-    batch_size: int = 128
-    generator_steps: int = 1
-    student_steps: int = 10
-    eval_every: int = 0  # iterations between test evaluations; 0 = every 1% of training
-    sample_every: int = 0  # iterations between generator-sample PNGs; 0 = every 10% of training
+    iterations: Count = 80_000
+    batch_size: BatchSize = 128
+    generator_steps: Count = 1
+    student_steps: Count = 10
+    eval_every: Interval = 0  # iterations between test evaluations; 0 = every 1% of training
+    sample_every: Interval = 0  # iterations between generator-sample PNGs; 0 = every 10% of training

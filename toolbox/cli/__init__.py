@@ -16,11 +16,24 @@ from ..errors import ToolboxError
 
 
 class ToolboxGroup(click.Group):
-    """Turns ToolboxError into one line on stderr and its exit code (traceback only with --debug)."""
+    """Turns ToolboxError into one line on stderr and its exit code (traceback only with --debug),
+    and click's own usage errors into one line too, instead of a usage block plus the error."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            _usage_line(e)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            _usage_line(e)
         except ToolboxError as e:
             if debug_enabled(ctx):
                 raise
@@ -31,6 +44,14 @@ class ToolboxGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+        except OSError as e:
+            # a path the user named cannot be read or written (permissions, a read-only or missing
+            # folder, a full disk): the system's reason and the path are the whole story
+            if debug_enabled(ctx) or _strict() or not e.filename:
+                raise
+            click.echo(f"error: cannot use {e.filename}: {e.strerror or e}; choose another path or fix its permissions",
+                       err=True)
+            sys.exit(1)
         except Exception as e:
             if debug_enabled(ctx) or _strict():  # strict mode: a crashing plugin keeps its traceback
                 raise
@@ -40,6 +61,13 @@ class ToolboxGroup(click.Group):
 
     def list_commands(self, ctx):
         return list(self.commands)  # in the order they were added: the workflow order
+
+
+def _usage_line(e: click.UsageError):
+    command = e.ctx.command_path if e.ctx is not None else "toolbox"
+    message = " ".join(e.format_message().split())
+    click.echo(f"error: {message} (see `{command} --help`)", err=True)
+    sys.exit(e.exit_code)
 
 
 def _strict() -> bool:

@@ -17,12 +17,26 @@ def run_options(f):
         click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: runs/<verb>-<method>-...)."),
         click.option("--resume", type=click.Path(file_okay=False), help="Continue a killed run from its last checkpoint."),
         click.option("--seed", type=int, help="Shortcut for -o seed=N."),
-        click.option("--threads", type=int, help="CPU threads for torch (small nets often run faster on 1)."),
+        threads_option(),
         click.option("--debug", is_flag=True, help="Show full tracebacks."),
     ]
     for d in reversed(decorators):
         f = d(f)
     return f
+
+
+MAX_THREADS = 1024
+
+
+def threads_option():
+    """--threads N: torch's CPU thread count; 0 or a negative number is refused, not ignored."""
+    def check(ctx, param, value):
+        if value is not None and not 1 <= value <= MAX_THREADS:
+            raise click.BadParameter(f"must be an integer from 1 to {MAX_THREADS} (got {value})")
+        return value
+
+    return click.option("--threads", type=int, callback=check,
+                        help="CPU threads for torch (small nets often run faster on 1).")
 
 
 EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["-h", "--help"]}
@@ -72,7 +86,10 @@ def parse_extra(args, known: dict | None = None) -> dict:
 
 
 def set_threads(n):
-    if n:
-        import torch
+    if n is None:
+        return
+    if not 1 <= int(n) <= MAX_THREADS:
+        raise UsageError(f"--threads must be an integer from 1 to {MAX_THREADS} (got {n})")
+    import torch
 
-        torch.set_num_threads(int(n))
+    torch.set_num_threads(int(n))

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import UsageError
-from .common import EXTRA, parse_extra, run_options, set_threads
+from .common import EXTRA, parse_extra, run_options, set_threads, threads_option
 
 
 def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resume, seed, threads, debug, target=None):
@@ -20,6 +20,9 @@ def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resu
     if resume:
         if extra or recipe or overrides or seed is not None:
             raise UsageError("--resume continues a run with its saved recipe; drop -r/-o/--seed and method options")
+        from ..artifacts import read_run_json
+
+        read_run_json(resume)  # a missing or garbage run.json is one line, before anything runs
         run_dir, metrics = runs.execute(verb, method_name or "", device=device, resume=resume)
         return _report(run_dir, metrics)
     if not method_name:
@@ -32,7 +35,12 @@ def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resu
             raise UsageError(f"{e}; note: {plugins.format_failure(failed[0])}") from None
         raise
     values = parse_extra(extra, method.options)
-    if target is not None:
+    if target is not None:  # `toolbox condense DATASET`: the dataset is given once, by its argument
+        typed = values.get("dataset") or next((o.partition("=")[2].strip() for o in overrides
+                                               if o.partition("=")[0].strip() == "data.dataset"), None)
+        if typed is not None and typed != target:
+            raise UsageError(f"two datasets given, '{target}' and '{typed}'; name the dataset once: "
+                             f"toolbox {verb} {typed} ...")
         values["dataset"] = target
     if recipe is None and method.choose_recipe is not None:
         recipe = next((name for name in method.choose_recipe(dict(values)) if recipes.recipe_exists(name)), None)
@@ -101,7 +109,7 @@ def condense(ctx, dataset, method_name, extra, **kw):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for files the evaluation writes (default: <run>/eval).")
-@click.option("--threads", type=int)
+@threads_option()
 @click.option("--debug", is_flag=True)
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -129,8 +137,14 @@ def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
     else:
         method = pm.registry.method(config.get("method", "?"), "evaluate")
     out_dir = Path(out) if out else (src.path / "eval" if src.repo is None else Path("runs") / "eval")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = pm.call("evaluate", method, source=src, options=options, device=runs.resolve_device(device), out=out_dir)
+    try:
+        result = pm.call("evaluate", method, source=src, options=options, device=runs.resolve_device(device), out=out_dir)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):  # a refused evaluation leaves no empty folder behind
+            out_dir.rmdir()
+        raise
     result = dict(result or {})
     result.setdefault("source", src.describe())
     result.setdefault("method", method.name)

@@ -8,11 +8,38 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
 from .. import DISTRIBUTION, PLUGIN_PREFIX
 from ..errors import UsageError
+
+# a PEP 508 name with optional extras and version specifiers (no markers, no shell: pip gets each as one argument)
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_REQUIREMENT = re.compile(rf"^{_NAME}(\[\s*{_NAME}(\s*,\s*{_NAME})*\s*\])?"
+                          r"(\s*(===|==|!=|~=|>=|<=|>|<)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(===|==|!=|~=|>=|<=|>|<)\s*[A-Za-z0-9.*+!_-]+)*)?$")
+
+
+def _check_requirement(text: str) -> None:
+    """A package name (with extras and versions), an existing path, or a URL pip understands."""
+    if _REQUIREMENT.match(text.strip()) or Path(text).exists() or re.match(r"^(git\+)?(https?|file)://\S+$", text):
+        return
+    raise UsageError(f"'{text}' is not a package name, a path or a URL; write e.g. toolbox-compression-mixup, "
+                     "'toolbox-compression-mixup>=0.2' or ./path/to/plugin")
+
+
+def _check_installed(name: str) -> None:
+    from importlib.metadata import PackageNotFoundError, distribution, entry_points
+
+    if not re.fullmatch(_NAME, name):
+        raise UsageError(f"'{name}' is not a package name; `toolbox plugins` lists the installed plugins")
+    try:
+        distribution(name)
+    except PackageNotFoundError:
+        dists = sorted({ep.dist.name for ep in entry_points(group="toolbox") if ep.dist})
+        raise UsageError(f"'{name}' is not installed in toolbox's environment; installed plugin distributions: "
+                         f"{', '.join(dists) or 'none'}") from None
 
 
 def _pip(args) -> None:
@@ -65,6 +92,8 @@ def install(packages, editables, upgrade, pre, no_deps, any_name):
     """
     if not packages and not editables:
         raise click.UsageError("name a package or -e PATH")
+    for package in packages:
+        _check_requirement(package)
     check_plugin_names(packages, any_name)
     args = ["install"] + (["-U"] if upgrade else []) + (["--pre"] if pre else []) + (["--no-deps"] if no_deps else [])
     for e in editables:
@@ -76,4 +105,6 @@ def install(packages, editables, upgrade, pre, no_deps, any_name):
 @click.argument("packages", nargs=-1, required=True)
 def uninstall(packages):
     """Uninstall plugins from toolbox's environment (works even when they are broken)."""
+    for package in packages:
+        _check_installed(package)
     _pip(["uninstall", "-y", *packages])

@@ -2,23 +2,35 @@
 
 from typing import Literal
 
-from toolbox.recipes import RecipeBase, Section
+from toolbox.recipes import (
+    ArchName,
+    ArchSection,
+    BatchSize,
+    Count,
+    DatasetName,
+    Float,
+    LearningRate,
+    Momentum,
+    RecipeBase,
+    Section,
+    WeightDecay,
+)
 
 
 class Data(Section):
-    dataset: str = "digits"
-    batch_size: int = 64
+    dataset: DatasetName = "digits"
+    batch_size: BatchSize = 64
 
 
-class Model(Section):
-    arch: str = "mlp"
+class Model(ArchSection):
+    arch: ArchName = "mlp"
     kwargs: dict = {}
 
 
 class Optim(Section):
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: LearningRate = 0.05
+    momentum: Momentum = 0.9
+    weight_decay: WeightDecay = 1e-4
 
 
 class MixupRecipe(RecipeBase):
@@ -26,5 +38,5 @@ class MixupRecipe(RecipeBase):
     data: Data = Data()
     model: Model = Model()
     optim: Optim = Optim()
-    alpha: float = 0.2  # lambda ~ Beta(alpha, alpha); the paper uses 0.2 on ImageNet, 1.0 on CIFAR
-    epochs: int = 20
+    alpha: Float(ge=0, le=100) = 0.2  # lambda ~ Beta(alpha, alpha); the paper uses 0.2 on ImageNet, 1.0 on CIFAR
+    epochs: Count = 20
