@@ -59,4 +59,4 @@ def test_uninstall_does_not_import_torch_or_load_plugins(env):
     # a name that is not installed is refused (pip would only warn), from package metadata alone
     result = probe(env, "uninstall", "toolbox-no-such-plugin-xyz")
     assert result["exit_code"] == 2 and not result["torch"] and not result["plugins_loaded"]
-    assert "'toolbox-no-such-plugin-xyz' is not installed" in result["output"] and "toolbox-mixup" in result["output"]
+    assert "'toolbox-no-such-plugin-xyz' is not installed" in result["output"] and "toolbox-compression-mixup" in result["output"]

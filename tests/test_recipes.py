@@ -86,7 +86,7 @@ def _schemas():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "toolbox-mixup"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "toolbox-compression-mixup"))
     try:
         from toolbox_mixup.recipe import MixupRecipe
     finally:

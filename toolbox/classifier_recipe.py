@@ -59,9 +59,9 @@ class Schedule(Section):
     def _file_exists(self):
         """kind=file reads its schedule when the recipe is validated: a wrong path fails before the run starts."""
         if self.kind == "file":
-            from .classifier import _windowed_learning_rates
+            from .engine import windowed_learning_rates
 
-            _windowed_learning_rates(self.file)
+            windowed_learning_rates(self.file)
         return self
     # kind=file: learning rates over equal windows of training, from a schedule.json (e.g. learned by
     # `toolbox train fds`) or a run directory holding one; optim.lr is then only a positive placeholder
