@@ -232,6 +232,19 @@ ROWS = [
     case("evaluate-config-lacks-classes", "evaluate", "no-classes", expect="lacks 'num_classes'", code=1),
     case("evaluate-bad-hub-ref", "evaluate", "hf-hub:not a repo", expect="is not a Hub reference"),
 
+    # --- never over a user's files or another run's: --out, export targets, --resume of another method -------
+    case("out-non-empty-folder", "train", "supervised", "--out", "mine", *MLP, expect="mine is not empty and holds no run"),
+    case("out-a-finished-run", "train", "supervised", "--out", "run", *MLP, expect="already holds a run"),
+    case("out-filesystem-root", "train", "supervised", "--out", "/", *MLP, expect="the filesystem root"),
+    case("out-above-here", "condense", "digits", "--out", "..", *MLP, expect="is a folder above the current directory"),
+    case("resume-other-method", "distill", "kd", "--resume", "halfway", *MLP, expect="not `toolbox distill kd`"),
+    case("resume-other-verb", "condense", "--resume", "halfway", *MLP, expect="not `toolbox condense"),
+    case("export-over-a-runs-model", "export", "run", "-o", "other/model.safetensors",
+         expect="export never replaces those files, even with --force"),
+    case("export-side-json-over-config", "export", "run", "--format", "torch-export", "-o", "run/config.pt2",
+         expect="config.json"),
+    case("export-over-a-users-file", "export", "run", "-o", "mine/notes.safetensors", expect="--force"),
+
     # --- export ---------------------------------------------------------------------------------------
     case("export-missing", "export", "nowhere", expect="nowhere does not exist"),
     case("export-condensed-set", "export", "syn", expect="is a toolbox-condensed artifact, not a model"),
@@ -287,6 +300,14 @@ def _build_fixtures(root: Path) -> None:
     (run / "run.json").write_text(json.dumps({"method": "supervised", "verb": "train", "status": "finished"}))
     (run / "recipe.yaml").write_text("method: supervised\nepochs: 1\nmodel:\n  arch: mlp\n")
     save_model(run, mlp, arch="mlp", arch_kwargs={}, dataset=digits.spec, method="supervised")
+
+    shutil.copytree(run, root / "other")
+    halfway = root / "halfway"  # a supervised run that was interrupted
+    shutil.copytree(run, halfway)
+    (halfway / "run.json").write_text(json.dumps({"method": "supervised", "verb": "train", "status": "interrupted"}))
+    (root / "mine").mkdir()  # a user's own folder
+    (root / "mine" / "notes.txt").write_text("mine")
+    (root / "mine" / "notes.safetensors").write_bytes(b"mine")
 
     syn = root / "syn"
     syn.mkdir()
