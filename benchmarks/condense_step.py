@@ -8,15 +8,19 @@ DataLoader), on the same data, same network and same thread count (1).
 Prints one row per case, the arithmetic each DC case does (counted with torch's FlopCounterMode) and
 the rate both sides reach, and, last, ``speedup: <float>`` for the DC outer iteration on digits at ipc 1.
 
-What it showed on the 2-core CPU this project is developed on (1 thread, AVX-512): with the
-reference's ConvNet (width 128) even an 8x8 input costs ~3 MMAC per image, and DC at ipc 1 pushes
-all ~135 real images of every class through forward and backward, about 24 GFLOP per outer
-iteration; both sides run that at 40-50 GFLOP/s, so kernels, not per-call overhead, set the time and
-batching the Python loops away cannot buy more than a few percent there. A torch.profiler trace of
-the toolbox iteration (~450 ms at ipc 1) puts the convolution kernels (forward ~100 GFLOP/s, and
-convolution_backward) at ~245 ms, avg-pool forward/backward at ~65 ms and group norm at ~50 ms;
-the reference takes ~490 ms, so with the same arithmetic no rewrite of the loop can pass ~2x here.
-The batched forms pay where calls are small relative to the hardware (GPUs, tiny evaluation sets).
+What it showed on the 2-core CPU this project is developed on (1 thread, AVX-512), measured while
+our ConvNet still left 8x8 digits unpadded (maps 8-4-2-1): even an 8x8 input cost ~3 MMAC per
+image, and DC at ipc 1 pushes all ~135 real images of every class through forward and backward,
+about 24 GFLOP per outer iteration; both sides ran that at 40-50 GFLOP/s, so kernels, not per-call
+overhead, set the time and batching the Python loops away cannot buy more than a few percent there.
+A torch.profiler trace of the toolbox iteration (~450 ms at ipc 1) put the convolution kernels
+(forward ~100 GFLOP/s, and convolution_backward) at ~245 ms, avg-pool forward/backward at ~65 ms and
+group norm at ~50 ms; the reference took ~490 ms, so with the same arithmetic no rewrite of the loop
+can pass ~2x here. The batched forms pay where calls are small relative to the hardware (GPUs, tiny
+evaluation sets). With the reference's padding (any one-channel input: 8x8 digits meet the network
+as 12x12, maps 12-6-3-1) a digits image costs ~6.8 MMAC (13.6 MFLOP forward) and a DC outer
+iteration at ipc 1 ~56 GFLOP (FlopCounterMode), 2.3x the arithmetic above; the seconds above were
+not re-measured, but the same kernel-bound reasoning holds with more work per call.
 """
 
 from __future__ import annotations

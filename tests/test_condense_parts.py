@@ -1,9 +1,11 @@
 """Building blocks of dataset condensation on digits: gradient distance, batched per-class
-gradients, Siamese augmentation, per-class sampling, and the batched evaluator."""
+gradients, Siamese augmentation, per-class sampling, the batched evaluator, and the selection rules
+of the coreset baselines."""
 
 import pytest
 import torch
 from toolbox_condense import augment
+from toolbox_condense.baselines import herding, kcenter
 from toolbox_condense.evaluator import Protocol, accuracies_on, model_seed, train_models
 from toolbox_condense.matching import class_match_loss, match_loss_vmap
 from toolbox_condense.sampling import ClassIndex
@@ -111,3 +113,52 @@ def test_batched_evaluator_equals_models_trained_one_at_a_time(digits):
         for k in params:
             assert torch.allclose(params[k][i], p1[k][0], atol=1e-5, rtol=1e-4), k
         assert float(accuracies_on(f1, test_x, test_y)[0]) == pytest.approx(float(together[i]), abs=2 / len(test_y))
+
+
+# one class's features, hand-made: mean 0; nearest the mean is image 0, then -0.6, 1.0, 1.1, -1.5
+HAND = torch.tensor([[0.0], [1.0], [1.1], [-1.5], [-0.6]])
+
+
+def test_herding_keeps_the_running_mean_at_the_class_mean():
+    # pick 1: nearest 0 -> image 0; pick 2: nearest 2*0 - 0 = 0 -> -0.6 (4); pick 3: nearest
+    # 3*0 - (0 - 0.6) = 0.6 -> 1.0 (1); pick 4: nearest 4*0 - 0.4 = -0.4 -> -1.5 (3), not 1.1 (2),
+    # which sorting by distance to the mean would take
+    assert herding(HAND, 4) == [0, 4, 1, 3]
+    assert herding(HAND, 5) == [0, 4, 1, 3, 2]
+
+
+def test_kcenter_starts_at_the_class_mean_then_takes_the_farthest_from_its_nearest_centre():
+    # centre 1: nearest the mean -> image 0 (herding's first pick too, so at ipc 1 the two agree);
+    # then -1.5 (3, 1.5 from 0); then 1.1 (2, 1.1 from 0); then -0.6 (4: 0.6 from 0) over 1.0 (1: 0.1 from 1.1)
+    assert kcenter(HAND, 4) == [0, 3, 2, 4]
+    assert kcenter(HAND, 1) == herding(HAND, 1) == [0]
+    # duplicates: never the same image twice
+    twins = torch.tensor([[0.0], [0.0], [0.0]])
+    assert sorted(kcenter(twins, 3)) == [0, 1, 2] and sorted(herding(twins, 3)) == [0, 1, 2]
+
+
+def _authors_herding(features, num):
+    """The DC authors' herding pseudocode (VICO-UoE/DatasetCondensation issue #15), transcribed."""
+    mean = features.mean(0, keepdim=True)
+    selected, left = [], list(range(features.shape[0]))
+    for i in range(num):
+        target = mean * (i + 1) - features[selected].sum(0)
+        j = int(torch.cdist(target, features[left])[0].argmin())
+        selected.append(left.pop(j))
+    return selected
+
+
+def _authors_kcenter(features, ipc):
+    """The DC authors' k-center pseudocode (VICO-UoE/DatasetCondensation issue #21), transcribed."""
+    centers = [int(torch.cdist(features, features.mean(0, keepdim=True))[:, 0].argsort()[0])]
+    for _ in range(ipc - 1):
+        centers.append(int(torch.cdist(features, features[centers]).min(1).values.argmax()))
+    return centers
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_baseline_rules_equal_the_dc_authors_pseudocode(seed):
+    feats = torch.randn(60, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for k in (1, 2, 5, 10):
+        assert herding(feats, k) == _authors_herding(feats, k)
+        assert kcenter(feats, k) == _authors_kcenter(feats, k)

@@ -2,6 +2,13 @@
 
 depth x [conv3x3 (bias) -> norm -> activation -> pool] -> linear. Every DC/DSA/DM number is
 measured with the default: width 128, depth 3, instance norm, ReLU, 2x2 average pooling.
+
+The reference (DatasetCondensation networks.py) pads the first convolution by 3 for every
+one-channel input, whatever its size: MNIST 28x28 becomes 32x32, digits 8x8 becomes 12x12 (12 -> 6
+-> 3 -> 1 at depth 3). Its own size bookkeeping only maps 28 to 32, so for other one-channel sizes
+its classifier or layer norms fit the real maps only by coincidence (digits at depth 3 does; digits
+at depth 1 or 2, or with layer norm, fails there). Here every size is the real map size, which is
+the reference's wherever the reference builds a working network.
 """
 
 from __future__ import annotations
@@ -53,11 +60,13 @@ class ConvNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
-        # 28x28 inputs (MNIST, Fashion-MNIST) are padded to 32x32 by the first conv, as in the reference,
-        # so every dataset of the papers ends with the same 4x4 feature map
-        size = 32 if image_size == 28 else image_size
+        size = image_size
         for d in range(depth):
-            layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=3 if d == 0 and image_size == 28 else 1))
+            # one-channel input: padding 3 on the first conv, so MNIST's 28x28 meets the network as 32x32
+            # like the three-channel datasets (the reference's rule is the channel count, not the size)
+            padding = 3 if d == 0 and in_channels == 1 else 1
+            layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=padding))
+            size += 2 * padding - 2
             if norm != "none":
                 layers.append(_norm(norm, width, size))
             layers.append(_activation(act))
@@ -65,9 +74,10 @@ class ConvNet(nn.Module):
             if pooling is not None:
                 layers.append(pooling)
                 size //= 2
+            if size < 1:
+                raise ValueError(f"ConvNet depth {depth} pools a {in_channels}x{image_size}x{image_size} input below "
+                                 f"1x1 at layer {d + 1}; use a depth of at most {d}")
             channels = width
-        if size < 1:
-            raise ValueError(f"ConvNet depth {depth} pools a {image_size}x{image_size} input below 1x1; use a smaller depth")
         self.features = nn.Sequential(*layers)
         self.num_features = width * size * size
         self.classifier = nn.Linear(self.num_features, num_classes)
