@@ -95,7 +95,8 @@ def one_line_error(result) -> str:
                                "pick one of those or set both -o outer_loop=N -o inner_loop=M"),
     (["digits", "--method", "dm", "--ipc", "500"], "error: ipc must be between 1 and 131 (the smallest class of "
                                                    "digits), got 500"),
-    (["digits", "--ipc", "0"], "error: ipc must be between 1 and 131"),
+    (["digits", "--ipc", "0"], "error: recipe key 'ipc' (--ipc) in recipe condense/digits-dc-ipc1: must be an integer "
+                               "from 1 to 100000 (got 0)"),
     (["digitz"], "error: unknown dataset 'digitz' (did you mean 'digits'?); valid: cifar10, cifar100, digits, "
                  "fashion-mnist, mnist, svhn"),
     (["mnist"], "error: dataset 'mnist' is missing train-images-idx3-ubyte.gz"),

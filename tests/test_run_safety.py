@@ -165,9 +165,9 @@ def test_resume_of_a_garbage_run_record_is_one_line(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text("{not json")
     before = snapshot(tmp_path)
-    line = refused(invoke("train", "--resume", "run"))
-    assert line == ("error: run/run.json is not a toolbox run record (unreadable, or no verb and method); "
-                    "the run cannot be continued: start a new one")
+    line = refused(invoke("train", "--resume", "run"), code=1)
+    assert line.startswith("error: run/run.json is not valid JSON (") and line.endswith(
+        "; the run's record is corrupt, start the run again")
     assert snapshot(tmp_path) == before
 
 

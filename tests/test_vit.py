@@ -126,3 +126,19 @@ def test_supervised_trains_and_reloads_an_spt_lsa_vit(tmp_path):
     assert report.exit_code == 0, report.output
     metrics = json.loads(report.output)["metrics"]
     assert metrics["accuracy"] > 0.8  # 4 epochs on the full digits train split; chance is 0.1
+
+
+def test_gradients_of_gradients_go_through_the_math_kernel():
+    """The fused attention kernels have no double backward; second_order() (used by the leakage audit
+    and Hessian-vector products) makes a ViT differentiable twice."""
+    from toolbox.second_order import second_order
+
+    torch.manual_seed(0)
+    model = ViT(num_classes=3, in_channels=1, image_size=8, patch_size=2, dim=16, depth=1, heads=2, dim_head=8,
+                mlp_dim=16, lsa=True)
+    x = torch.randn(2, 1, 8, 8)
+    with second_order():
+        grads = torch.autograd.grad(F.cross_entropy(model(x), torch.tensor([0, 2])), list(model.parameters()),
+                                    create_graph=True)
+        hvp = torch.autograd.grad(sum(g.square().sum() for g in grads), list(model.parameters()), allow_unused=True)
+    assert any(h is not None and h.abs().sum() > 0 for h in hvp)

@@ -383,25 +383,10 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
     return run_dir, metrics
 
 
-def _run_info(run_dir: Path) -> dict | None:
-    """run.json of ``run_dir``, or None when there is none."""
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        info = None
-    if not isinstance(info, dict) or not isinstance(info.get("verb"), str) or not isinstance(info.get("method"), str):
-        raise UsageError(f"{path} is not a toolbox run record (unreadable, or no verb and method); "
-                         "the run cannot be continued: start a new one")
-    return info
-
-
 def _resumable_info(run_dir: Path, verb: str, method_name: str | None) -> dict:
-    info = _run_info(run_dir)
-    if info is None:
-        raise UsageError(f"{run_dir} is not a run directory (no run.json); pass the folder a run wrote")
+    from .artifacts import read_run_json
+
+    info = read_run_json(run_dir)
     made_by = f"toolbox {info['verb']} {info['method']}"
     if verb != info["verb"] or (method_name and method_name != info["method"]):
         typed = f"toolbox {verb} {method_name}".rstrip()

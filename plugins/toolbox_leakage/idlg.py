@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from toolbox.gradmatch import match_distance
+from toolbox.second_order import second_order
 
 STOP_LOSS = 1e-6
 
@@ -86,11 +87,12 @@ def reconstruct(model, victim: VictimGradient, shape, num_classes: int, *, label
 
     def closure():
         opt.zero_grad()
-        logits = model(dummy)
-        loss = F.cross_entropy(logits, target) if soft is None else F.cross_entropy(logits, F.softmax(soft, dim=-1))
-        dummy_grads = torch.autograd.grad(loss, params, create_graph=True)
-        distance = match_distance(victim.grads, dummy_grads, kind="mse")
-        distance.backward()
+        with second_order():  # the distance differentiates the dummy's gradients
+            logits = model(dummy)
+            loss = F.cross_entropy(logits, target) if soft is None else F.cross_entropy(logits, F.softmax(soft, dim=-1))
+            dummy_grads = torch.autograd.grad(loss, params, create_graph=True)
+            distance = match_distance(victim.grads, dummy_grads, kind="mse")
+            distance.backward()
         return distance
 
     best = dummy.detach().clone()

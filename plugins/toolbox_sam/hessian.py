@@ -10,6 +10,7 @@ from toolbox import artifacts, data
 from toolbox.errors import UsageError
 from toolbox.evaluation import check_options, number_option
 from toolbox.recipes import MAX_SEED, MAX_STEPS
+from toolbox.second_order import second_order
 
 from .noise import symmetric_label_noise
 
@@ -20,11 +21,12 @@ def hessian_vector_product(model, x, y, v, batch_size: int = 1000) -> list:
     out = [torch.zeros_like(p) for p in params]
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        loss = F.cross_entropy(model(xb), yb) * (len(xb) / len(x))
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((g * u).sum() for g, u in zip(grads, v))
-        for acc, h in zip(out, torch.autograd.grad(dot, params)):
-            acc += h
+        with second_order():
+            loss = F.cross_entropy(model(xb), yb) * (len(xb) / len(x))
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            dot = sum((g * u).sum() for g, u in zip(grads, v))
+            for acc, h in zip(out, torch.autograd.grad(dot, params)):
+                acc += h
     return out
 
 
