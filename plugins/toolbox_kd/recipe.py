@@ -2,7 +2,9 @@
 
 from typing import Literal
 
+from toolbox.engine import Loop
 from toolbox.recipes import RecipeBase, Section
+from toolbox.speed import Speed
 
 
 class Teacher(Section):
@@ -68,4 +70,6 @@ class KDRecipe(RecipeBase):
     loss: Loss = Loss()
     optim: Optim = Optim()
     schedule: Schedule = Schedule()
+    speed: Speed = Speed()  # mixed precision, channels_last, compile (toolbox.speed); the teacher runs under them too
+    loop: Loop = Loop()  # gradient accumulation, clipping, how often the loss is read (toolbox.engine)
     eval_every: int = 0  # epochs between test evaluations; 0 = about 20 evaluations per run
