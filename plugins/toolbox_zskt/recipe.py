@@ -3,6 +3,7 @@
 from typing import Literal
 
 from toolbox.recipes import RecipeBase, Section
+from toolbox.speed import Speed
 
 
 class Teacher(Section):
@@ -36,14 +37,6 @@ class Loss(Section):
     temperature: float = 1.0
 
 
-class Speed(Section):
-    """Switches that change speed, not the method. ``auto`` = on for CUDA, off on the CPU."""
-
-    channels_last: bool | Literal["auto"] = "auto"
-    amp: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast of the forward passes
-    compile: bool | Literal["auto"] = "auto"  # torch.compile the three networks' forward passes
-
-
 class ZSKTRecipe(RecipeBase):
     method: Literal["zskt"] = "zskt"
     teacher: Teacher = Teacher()
@@ -52,7 +45,7 @@ class ZSKTRecipe(RecipeBase):
     generator: GeneratorSection = GeneratorSection()
     optim: Optim = Optim()
     loss: Loss = Loss()
-    speed: Speed = Speed()
+    speed: Speed = Speed()  # mixed precision, channels_last, compile of all three networks (toolbox.speed)
     iterations: int = 80_000
     batch_size: int = 128
     generator_steps: int = 1
