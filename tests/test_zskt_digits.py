@@ -180,3 +180,24 @@ def test_compile_true_builds_and_runs_a_zskt_iteration(digits_teacher, tmp_path,
     assert len(compiled) == 3  # generator, student and teacher features
     assert json.loads((out / "run.json").read_text())["records"]["speed"]["compile"] is True
     assert 0 <= metrics["accuracy"] <= 1
+
+
+def test_a_non_finite_loss_is_named_by_its_iteration_though_losses_are_read_once_per_window(digits_teacher, tmp_path,
+                                                                                            monkeypatch):
+    from toolbox.errors import NonFiniteLoss
+
+    real_step, calls = Game.step, []
+
+    def poisoned(game, z):
+        out = real_step(game, z)
+        calls.append(1)
+        if len(calls) == 2:  # iteration 1 (0-based)
+            out["loss_student"] = torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(Game, "step", poisoned)
+    with pytest.raises(NonFiniteLoss, match="loss became nan at step 1;"):
+        runs.execute("distill", "zskt", "zskt/digits", _short(digits_teacher, "iterations=4", "eval_every=4", "sample_every=4",
+                                                             "checkpoint_every=3"), out=tmp_path / "nan", device="cpu")
+    assert len(calls) == 3  # read at the checkpoint of iteration 3, before anything was saved
+    assert not (tmp_path / "nan" / "checkpoint").exists()

@@ -18,6 +18,8 @@ from .game import Game
 from .generator import Generator
 from .networks import check_pair
 
+READ_EVERY = 50  # iterations between host reads of the losses when nothing else needs them
+
 PAPER = "Micaelli & Storkey, Zero-shot Knowledge Transfer via Adversarial Belief Matching, NeurIPS 2019 (arXiv:1905.09768)"
 
 
@@ -72,21 +74,35 @@ def train_zskt(recipe, run) -> dict:
     checkpoint_every = recipe.checkpoint_every or max(1, n // 10)
     out = None
     title = f"zskt {teacher_loaded.config['architecture']} -> {recipe.student.arch} on {spec.name}"
+    pending: list = []  # (iteration, its two losses on the device): read in one host sync per window
+
+    def read() -> list[float]:
+        """The window's losses in one host read, each checked (naming its iteration); -> the last pair."""
+        values = torch.stack([pair for _, pair in pending]).tolist()
+        for (i, _), (loss_g, loss_s) in zip(pending, values):
+            run.check_finite(loss_g, i)
+            run.check_finite(loss_s, i)
+        pending.clear()
+        return values[-1]
+
     with run.progress(n, title, start=start) as bar:
         for it in range(start, n):
             z = torch.randn(recipe.batch_size, recipe.generator.z_dim, generator=z_rng, device=device)
             out = game.step(z)
-            run.check_finite(out["loss_generator"], it)
-            run.check_finite(out["loss_student"], it)
+            pending.append((it, torch.stack([out["loss_generator"], out["loss_student"]])))
             done = it + 1
             shown = {}
-            if done % eval_every == 0 or done == n:
-                shown = {"accuracy": accuracy(student, test_x, test_y, device=device),
-                         "loss_student": out["loss_student"].item(), "loss_generator": out["loss_generator"].item()}
+            logged, sampled = done % eval_every == 0 or done == n, done % sample_every == 0 and done < n
+            saved = done % checkpoint_every == 0 and done < n
+            if logged or sampled or saved or len(pending) >= READ_EVERY:  # nothing non-finite gets logged or saved
+                loss_g, loss_s = read()
+            if logged:
+                shown = {"accuracy": accuracy(student, test_x, test_y, device=device), "loss_student": loss_s,
+                         "loss_generator": loss_g}
                 run.log(done, **shown, lr_student=sched_s.get_last_lr()[0], lr_generator=sched_g.get_last_lr()[0])
-            if done % sample_every == 0 and done < n:
+            if sampled:
                 run.save_images(f"samples-{done:07d}", out["images"][:64], mean=spec.mean, std=spec.std)
-            if done % checkpoint_every == 0 and done < n:
+            if saved:
                 run.save_checkpoint({k: v.state_dict() for k, v in game.stateful().items()}, done)
             bar.update(1, **shown)
     if out is not None:
