@@ -10,7 +10,7 @@ WRN-16-1 teacher -> WRN-16-1 student on the full digits split) and ends with `sp
 of the part where the engine gains least, from the fastest repeat of each side (timeit's rule: on a
 shared machine the slower repeats measure the neighbours, not the loop).
 
-    python benchmarks/engine_step.py [--arch mlp] [--epochs 5] [--repeats 11] [--kd-epochs 1] [--kd-repeats 5] [--threads 1]
+    python benchmarks/engine_step.py [--arch mlp] [--epochs 5] [--repeats 11] [--kd-epochs 2] [--kd-repeats 9] [--threads 1]
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--kd-epochs", type=int, default=2)
-    p.add_argument("--kd-repeats", type=int, default=5)
+    p.add_argument("--kd-repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
