@@ -142,6 +142,33 @@ def test_no_host_read_inside_the_steps_beyond_the_logging_interval(tmp_path, mon
     assert counter.calls == steps
 
 
+def test_kd_reads_the_host_no_more_often_than_the_logging_interval(tmp_path, monkeypatch):
+    """KD's loss (teacher pass, feature taps, attention transfer, augmentation) adds no host read per step."""
+    from toolbox_kd.features import FeatureTap
+    from toolbox_kd.method import kd_step_loss
+    from toolbox_kd.recipe import KDRecipe
+
+    from toolbox.models import build_for
+    from toolbox.recipes import apply_overrides
+
+    recipe = KDRecipe.model_validate(apply_overrides({"method": "kd"}, ["data.augment=crop_flip", "data.crop_padding=1"]))
+    spec = SimpleNamespace(shape=(1, 8, 8), num_classes=10)
+    torch.manual_seed(0)
+    student, teacher = build_for("wrn-16-1", spec), build_for("wrn-16-1", spec).eval().requires_grad_(False)
+    taps = [FeatureTap(m, m.feature_layers, "wrn-16-1", role) for m, role in ((student, "student"), (teacher, "teacher"))]
+    steps, epochs, log_every = 12, 2, 6
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
+    trainer = engine.Engine(make_run(tmp_path), student, opt, loop=engine.Loop(log_every=log_every))
+    g = torch.Generator().manual_seed(0)
+    batches = engine.TensorBatches(torch.randn(8 * steps, 1, 8, 8, generator=g), torch.randint(0, 10, (8 * steps,), generator=g),
+                                   8, g, torch.device("cpu"))
+    loss = kd_step_loss(recipe, trainer, teacher, *taps, torch.Generator().manual_seed(1))
+    counter = Counter(monkeypatch)
+    metrics = trainer.fit(batches, epochs, loss=loss)
+    assert 0 < counter.calls <= epochs * math.ceil(steps / log_every)
+    assert math.isfinite(metrics["train_loss"]) and metrics["train_loss"] > 0
+
+
 def test_a_non_finite_loss_is_caught_at_the_step_that_produced_it(tmp_path):
     x, y = data(16 * 12)
     model = mlp()

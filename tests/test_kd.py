@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import toolbox_kd.method as kd_method
 import torch
 import torch.nn.functional as F
 from toolbox_kd.features import FeatureTap
@@ -126,3 +127,34 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(digits_teacher, tmp_
     resumed, metrics = runs.execute("distill", "kd", device="cpu", resume=tmp_path / "cut")
     assert metrics["accuracy"] == json.loads((whole / "summary.json").read_text())["accuracy"]
     assert (resumed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+
+
+def test_bf16_and_compiled_kd_runs_with_the_teacher_under_the_same_settings(digits_teacher, tmp_path, monkeypatch):
+    """speed.amp=bf16 + speed.compile=true: student and frozen teacher (with its attention taps) both
+    compiled and run under bf16 autocast. Traced with dynamo only (backend "eager"): inductor's CPU build
+    takes minutes; the capture of the hooks and the teacher pass is what compile=true adds."""
+    compiled, dtypes = [], []
+    real_compile = torch.compile
+
+    def traced_only(fn, **kwargs):
+        compiled.append(fn)
+        return real_compile(fn, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", traced_only)
+    torch._dynamo.reset()
+    real_loss = kd_method.kd_step_loss
+
+    def watched(recipe, trainer, teacher, *rest):
+        teacher.fc.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        return real_loss(recipe, trainer, teacher, *rest)
+
+    monkeypatch.setattr(kd_method, "kd_step_loss", watched)
+    args = [f"teacher.source={digits_teacher}", "schedule.epochs=1", "data.shots=2", "schedule.scale_with_shots=false",
+            "speed.amp=bf16", "speed.compile=true"]
+    out, metrics = runs.execute("distill", "kd", "kd/digits-kdat-m5", args, out=tmp_path / "run", device="cpu")
+    assert len(compiled) == 2  # the student (the engine's forward) and the teacher
+    # one training step (20 images, one batch) under bf16 autocast, then the final test predictions in fp32
+    assert dtypes[0] == torch.bfloat16 and dtypes[-1] == torch.float32 and dtypes.count(torch.bfloat16) == 1
+    assert json.loads((out / "run.json").read_text())["records"]["speed"] == {"amp": "bf16", "channels_last": False,
+                                                                               "compile": True}
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["loss"] == metrics["loss"]

@@ -246,3 +246,23 @@ def test_a_student_that_predicts_one_class_is_reported_as_collapsed():
     assert health["collapsed"] and health["dominant_class_fraction"] == 1.0
     assert health["accuracy"] == pytest.approx(0.1) and health["agreement"] == 1.0
     assert "collapsed" in health["warning"] and "100%" in health["warning"]
+
+
+def test_scaled_game_unscales_before_clipping_so_a_power_of_two_scale_changes_no_weight():
+    """The fp16 path (toolbox.speed: a gradient scaler per network) run in fp32 on the CPU: scaling a loss
+    by 2^k and unscaling the gradients is exact, so the weights must equal the unscaled game's bit for bit;
+    clipping the still-scaled gradients (grad_clip 5 at a scale of 2^12) would shrink every update."""
+    results = []
+    for scaled in (False, True):
+        generator, student, teacher = _tiny()
+        freeze(teacher)
+        scalers = {}
+        if scaled:
+            scalers = {k: torch.amp.GradScaler("cpu", init_scale=2.0 ** 12) for k in ("scaler_generator", "scaler_student")}
+        game = Game(generator, student, teacher, *_optimisers(generator, student), student_steps=3, **scalers)
+        for z in torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(3)):
+            game.step(z)
+        results.append([p.detach().clone() for p in (*generator.parameters(), *student.parameters())])
+        assert set(game.stateful()) >= {"generator", "student", "opt_generator", "opt_student"}
+        assert ("scaler_student" in game.stateful()) == scaled
+    assert all(torch.equal(a, b) for a, b in zip(*results))

@@ -133,3 +133,71 @@ def test_distill_verb_runs_the_same_method(digits_teacher, tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["verb"] == "distill" and info["status"] == "finished"
     assert metrics["iterations"] == 2 and (run_dir / "model.safetensors").is_file()
+
+
+def _short(teacher, *extra):
+    return [f"teacher.source={teacher}", "iterations=1", "batch_size=16", "student_steps=2", *extra]
+
+
+def test_bf16_runs_a_zskt_iteration_on_the_cpu_with_the_forward_passes_in_bf16(digits_teacher, tmp_path, monkeypatch):
+    dtypes = []
+    real_step = Game.step
+
+    def watched_step(game, z):
+        conv = next(m for m in game.student.modules() if isinstance(m, torch.nn.Conv2d))
+        handle = conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        try:
+            return real_step(game, z)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(Game, "step", watched_step)
+    out, metrics = runs.execute("distill", "zskt", "zskt/digits", _short(digits_teacher, "speed.amp=bf16"),
+                                out=tmp_path / "bf16", device="cpu")
+    assert json.loads((out / "run.json").read_text())["records"]["speed"] == {"amp": "bf16", "channels_last": False,
+                                                                               "compile": False}
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # the generator step and both student steps
+    line = next(json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines() if "loss_student" in s)
+    assert all(torch.isfinite(torch.tensor(line[k])) for k in ("loss_student", "loss_generator"))
+    assert 0 <= metrics["accuracy"] <= 1
+
+
+def test_compile_true_builds_and_runs_a_zskt_iteration(digits_teacher, tmp_path, monkeypatch):
+    """speed.compile=true compiles the three forward passes. Inductor's C++ build of them takes about 4
+    minutes on this CPU, so the test traces them with dynamo (backend "eager"): the capture is what
+    compile=true adds to the game; the kernels are inductor's."""
+    compiled = []
+    real_compile = torch.compile
+
+    def traced_only(fn, **kwargs):
+        compiled.append(fn)
+        return real_compile(fn, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", traced_only)
+    torch._dynamo.reset()
+    out, metrics = runs.execute("distill", "zskt", "zskt/digits", _short(digits_teacher, "speed.compile=true"),
+                                out=tmp_path / "compiled", device="cpu")
+    assert len(compiled) == 3  # generator, student and teacher features
+    assert json.loads((out / "run.json").read_text())["records"]["speed"]["compile"] is True
+    assert 0 <= metrics["accuracy"] <= 1
+
+
+def test_a_non_finite_loss_is_named_by_its_iteration_though_losses_are_read_once_per_window(digits_teacher, tmp_path,
+                                                                                            monkeypatch):
+    from toolbox.errors import NonFiniteLoss
+
+    real_step, calls = Game.step, []
+
+    def poisoned(game, z):
+        out = real_step(game, z)
+        calls.append(1)
+        if len(calls) == 2:  # iteration 1 (0-based)
+            out["loss_student"] = torch.tensor(float("nan"))
+        return out
+
+    monkeypatch.setattr(Game, "step", poisoned)
+    with pytest.raises(NonFiniteLoss, match="loss became nan at step 1;"):
+        runs.execute("distill", "zskt", "zskt/digits", _short(digits_teacher, "iterations=4", "eval_every=4", "sample_every=4",
+                                                             "checkpoint_every=3"), out=tmp_path / "nan", device="cpu")
+    assert len(calls) == 3  # read at the checkpoint of iteration 3, before anything was saved
+    assert not (tmp_path / "nan" / "checkpoint").exists()

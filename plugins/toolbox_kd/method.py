@@ -1,18 +1,18 @@
-"""A KD run: teacher, student, (few-shot) data, the composed loss, SGD with a step schedule."""
+"""A KD run: teacher, student, (few-shot) data and the composed loss, trained on the engine
+(toolbox.engine) with SGD and a step schedule. KD supplies only its loss; the engine owns the loop,
+precision, layout, compile, host reads and resume."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
-from toolbox import data
+from toolbox import data, engine
 from toolbox.augment import random_crop_flip
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, predict
 from toolbox.losses import attention_loss, kd_loss
-from toolbox.registry import current
+from toolbox.models import build_for
 from toolbox.teachers import load_teacher, teacher_record
 
 from .features import FeatureTap, check_attention_pairs, default_layers
@@ -52,9 +52,7 @@ def train_kd(recipe, run) -> dict:
                                           spec.num_classes, shots) if recipe.schedule.scale_with_shots
                           else (recipe.schedule.epochs, recipe.schedule.milestones))
 
-    c, _, w = spec.shape
-    student = current().architecture(recipe.student.arch)(
-        num_classes=spec.num_classes, in_channels=c, image_size=w, **recipe.student.kwargs).to(device)
+    student = build_for(recipe.student.arch, spec, **recipe.student.kwargs).to(device)
     teacher = teacher_info = None
     if needs_teacher or recipe.teacher.source:
         loaded = load_teacher(recipe.teacher.source, recipe.teacher.recipe, device)
@@ -72,62 +70,50 @@ def train_kd(recipe, run) -> dict:
         t_tap = FeatureTap(teacher, t_layers, loaded.config["architecture"], "teacher")
         check_attention_pairs(s_tap, t_tap, student, teacher, spec.shape, device)
 
-    opt = torch.optim.SGD(student.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum,
-                          weight_decay=recipe.optim.weight_decay)
-    sched = step_schedule(opt, milestones, recipe.schedule.gamma)
-    start = 0
-    state = run.load_checkpoint()
-    if state is not None:
-        start = run.restore(state, student=student, optimizer=opt, scheduler=sched)
-
-    n = len(x_all)
-    batch = min(recipe.data.batch_size, n)
-    steps = math.ceil(n / batch)
-    every_eval = recipe.eval_every or max(1, epochs // 20)
-    every_ckpt = recipe.checkpoint_every or max(1, epochs // 20)
-    order_gen, aug_gen = run.generator("order"), run.generator("augment")
-    x_all, y_all = x_all.to(device), y_all.to(device)
+    opt = engine.make_optimizer(student.parameters(), recipe.optim)
+    batches = engine.TensorBatches(x_all, y_all, recipe.data.batch_size, run.generator("order"), device)
+    sched = step_schedule(opt, milestones, recipe.schedule.gamma,
+                          steps_per_epoch=engine.optimizer_steps(len(batches), recipe.loop.accumulate))
+    trainer = engine.Engine(run, student, opt, sched, speed=recipe.speed, loop=recipe.loop)
+    loss = kd_step_loss(recipe, trainer, teacher if needs_teacher else None, s_tap, t_tap, run.generator("augment"))
     test_x = real.normalize(real.test_x)
-    metrics: dict = {}
-    title = f"kd[{recipe.loss.kind}] -> {recipe.student.arch} on {spec.name}" + (f", {shots} shots" if shots else "")
-    with run.progress(epochs, title, start=start) as bar:
-        for epoch in range(start, epochs):
-            student.train()
-            order = torch.randperm(n, generator=order_gen).to(device)
-            total = 0.0
-            for i in range(steps):
-                idx = order[i * batch:(i + 1) * batch]
-                x, y = x_all[idx], y_all[idx]
-                if recipe.data.augment != "none":
-                    x = random_crop_flip(x, recipe.data.crop_padding, recipe.data.augment == "crop_flip", aug_gen)
-                t_logits, t_feats = None, []
-                if teacher is not None and needs_teacher:
-                    with torch.no_grad():
-                        t_logits, t_feats = t_tap(teacher, x) if t_tap else (teacher(x), [])
-                s_logits, s_feats = s_tap(student, x) if s_tap else (student(x), [])
-                loss = kd_objective(recipe.loss, s_logits, y, t_logits, s_feats, t_feats)
-                run.check_finite(loss, epoch * steps + i)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item()
-            sched.step()
-            metrics = {"loss": total / steps, "lr": sched.get_last_lr()[0]}
-            if (epoch + 1) % every_eval == 0 or epoch + 1 == epochs:
-                metrics["accuracy"] = accuracy(student, test_x, real.test_y, device=device)
-            run.log(epoch + 1, **metrics)
-            bar.update(1, **{k: v for k, v in metrics.items() if k != "lr"})
-            if (epoch + 1) % every_ckpt == 0 and epoch + 1 < epochs:
-                run.save_checkpoint({"student": student.state_dict(), "optimizer": opt.state_dict(),
-                                     "scheduler": sched.state_dict()}, epoch + 1)
 
-    final = {"accuracy": metrics["accuracy"], "loss": metrics["loss"]}
+    def evaluate(model):
+        return {"accuracy": accuracy(model, test_x, real.test_y, device=device)}
+
+    title = f"kd[{recipe.loss.kind}] -> {recipe.student.arch} on {spec.name}" + (f", {shots} shots" if shots else "")
+    metrics = trainer.fit(batches, epochs, loss=loss, evaluate=evaluate, eval_every=recipe.eval_every or max(1, epochs // 20),
+                          checkpoint_every=recipe.checkpoint_every or max(1, epochs // 20), title=title)
+
+    final = {"accuracy": metrics["accuracy"], "loss": metrics["train_loss"]}
     if teacher is not None:
         s_pred = predict(student, test_x, device=device).argmax(1)
         t_pred = predict(teacher, test_x, device=device).argmax(1)
         final["teacher_accuracy"] = (t_pred == real.test_y).float().mean().item()
         final["agreement"] = (s_pred == t_pred).float().mean().item()
     run.save_model(student, arch=recipe.student.arch, arch_kwargs=recipe.student.kwargs, dataset=spec, metrics=final,
-                   extra={"teacher": teacher_info, "shots": shots, "train_images": n, "epochs": epochs,
+                   extra={"teacher": teacher_info, "shots": shots, "train_images": len(x_all), "epochs": epochs,
                           "loss": recipe.loss.model_dump()})
     return final
+
+
+def kd_step_loss(recipe, trainer, teacher, s_tap, t_tap, augment_generator):
+    """The engine's ``loss(forward, x, y)``: augment, run the frozen teacher (no gradients, under the
+    engine's autocast like the student, in its memory layout and compiled with it), then the composed loss.
+    ``teacher`` None: plain cross-entropy, no teacher pass."""
+    settings = recipe.data
+    if teacher is not None:
+        trainer.speed.layout(teacher)
+        teacher_forward = trainer.speed.maybe_compile(teacher)
+
+    def loss(forward, x, y):
+        if settings.augment != "none":
+            x = random_crop_flip(x, settings.crop_padding, settings.augment == "crop_flip", augment_generator)
+        t_logits, t_feats = None, []
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits, t_feats = t_tap(teacher_forward, x) if t_tap else (teacher_forward(x), [])
+        s_logits, s_feats = s_tap(forward, x) if s_tap else (forward(x), [])
+        return kd_objective(recipe.loss, s_logits, y, t_logits, s_feats, t_feats)
+
+    return loss

@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
+from toolbox.engine import Loop
 from toolbox.errors import UsageError
 from toolbox.recipes import (
     MAX_STEPS,
@@ -25,6 +26,7 @@ from toolbox.recipes import (
     WeightDecay,
     increasing,
 )
+from toolbox.speed import Speed
 
 
 class Teacher(Section):
@@ -110,4 +112,6 @@ class KDRecipe(RecipeBase):
     loss: Loss = Loss()
     optim: Optim = Optim()
     schedule: Schedule = Schedule()
+    speed: Speed = Speed()  # mixed precision, channels_last, compile (toolbox.speed); the teacher runs under them too
+    loop: Loop = Loop()  # gradient accumulation, clipping, how often the loss is read (toolbox.engine)
     eval_every: Interval = 0  # epochs between test evaluations; 0 = about 20 evaluations per run

@@ -29,8 +29,11 @@ def scaled_schedule(epochs: int, milestones: list[int], n_train: int, num_classe
     return max(1, int(epochs * scale)), [int(m * scale) for m in milestones]
 
 
-def step_schedule(optimizer, milestones: list[int], gamma: float):
-    """lr times gamma for each milestone passed, stepped once per epoch. The reference steps its
-    MultiStepLR with step(epoch=e) after epoch e, which sets the rate of epoch e + 1 from last_epoch = e:
-    a decay at milestone m first applies to epoch m + 1 (0-based), one epoch later than step() would."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[m + 1 for m in milestones], gamma=gamma)
+def step_schedule(optimizer, milestones: list[int], gamma: float, steps_per_epoch: int = 1):
+    """lr times gamma for each milestone passed, stepped once per optimiser step (``steps_per_epoch`` of
+    them per epoch). The reference steps its MultiStepLR with step(epoch=e) after epoch e, which sets the
+    rate of epoch e + 1 from last_epoch = e: a decay at milestone m first applies to epoch m + 1 (0-based),
+    one epoch later than step() would. torch's recursive MultiStepLR multiplies the current rate by gamma
+    at each milestone, as the reference's does, so the rates are the reference's bit for bit."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[(m + 1) * steps_per_epoch for m in milestones],
+                                                gamma=gamma)

@@ -48,8 +48,16 @@ class Game:
     generate: Callable | None = None
     student_features: Callable | None = None
     teacher_features: Callable | None = None
+    # fp16 gradients underflow unscaled: each loss is scaled before its backward pass and the gradients
+    # unscaled before clipping (toolbox.speed.Resolved.grad_scaler); disabled scalers change nothing
+    scaler_generator: torch.amp.GradScaler | None = None
+    scaler_student: torch.amp.GradScaler | None = None
 
     def __post_init__(self):
+        if self.scaler_generator is None:
+            self.scaler_generator = torch.amp.GradScaler("cpu", enabled=False)
+        if self.scaler_student is None:
+            self.scaler_student = torch.amp.GradScaler("cpu", enabled=False)
         if self.generate is None:
             self.generate = self.generator
         if self.student_features is None:
@@ -71,9 +79,7 @@ class Game:
                     t_logits, _ = self.teacher_features(x)
                 loss_g = generator_loss(s_logits, t_logits, self.temperature)
                 self.opt_generator.zero_grad(set_to_none=True)
-                loss_g.backward()
-                torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
-                self.opt_generator.step()
+                self._update(loss_g, self.generator, self.opt_generator, self.scaler_generator)
         finally:
             self.student.requires_grad_(True)
 
@@ -85,10 +91,27 @@ class Game:
                 s_logits, s_feats = self.student_features(x)
             loss_s = student_loss(s_logits, s_feats, t_logits, t_feats, self.beta, self.temperature)
             self.opt_student.zero_grad(set_to_none=True)
-            loss_s.backward()
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.grad_clip)
-            self.opt_student.step()
+            self._update(loss_s, self.student, self.opt_student, self.scaler_student)
 
         self.sched_generator.step()
         self.sched_student.step()
         return {"loss_generator": loss_g.detach(), "loss_student": loss_s.detach(), "images": x}
+
+    def _update(self, loss, network, optimizer, scaler) -> None:
+        """Backward, clip the unscaled gradient norm, step (skipped by the scaler on inf/NaN gradients)."""
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), self.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+    def stateful(self) -> dict:
+        """What a checkpoint holds, under the names it is saved and restored with; the scalers only when on."""
+        parts = {"generator": self.generator, "student": self.student, "opt_generator": self.opt_generator,
+                 "opt_student": self.opt_student, "sched_generator": self.sched_generator,
+                 "sched_student": self.sched_student}
+        if self.scaler_generator.is_enabled():
+            parts["scaler_generator"] = self.scaler_generator
+        if self.scaler_student.is_enabled():
+            parts["scaler_student"] = self.scaler_student
+        return parts

@@ -5,31 +5,22 @@ The student never reads the dataset's training split: only the test split is use
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from toolbox import data
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, predict
+from toolbox.models import build_for
+from toolbox.speed import resolve
 from toolbox.teachers import load_teacher, teacher_record
 
 from .game import Game
 from .generator import Generator
-from .networks import build_student, check_pair
+from .networks import check_pair
+
+READ_EVERY = 50  # iterations between host reads of the losses when nothing else needs them
 
 PAPER = "Micaelli & Storkey, Zero-shot Knowledge Transfer via Adversarial Belief Matching, NeurIPS 2019 (arXiv:1905.09768)"
-
-
-def speed_settings(speed, device) -> dict:
-    """The recipe's speed switches resolved for this device (``auto`` = on for CUDA only)."""
-    cuda = device.type == "cuda"
-
-    def on(value) -> bool:
-        return cuda if value == "auto" else bool(value)
-
-    amp = speed.amp if speed.amp != "auto" else ("bf16" if cuda else "fp32")
-    return {"channels_last": on(speed.channels_last), "amp": amp, "compile": on(speed.compile)}
 
 
 def _cosine(optimizer, total: int):
@@ -61,51 +52,58 @@ def train_zskt(recipe, run) -> dict:
     teacher_loaded = load_teacher(recipe.teacher.source, recipe.teacher.recipe, device)
     teacher = teacher_loaded.model
     _check_teacher_dataset(teacher_loaded.config, spec)
-    student = build_student(recipe.student.arch, recipe.student.kwargs, spec).to(device)
+    student = build_for(recipe.student.arch, spec, **recipe.student.kwargs).to(device)
     check_pair(teacher, student, spec.shape, teacher_loaded.config["architecture"], recipe.student.arch)
     c, _, w = spec.shape
     generator = Generator(recipe.generator.z_dim, out_channels=c, image_size=w).to(device)
     teacher_info = teacher_record(teacher_loaded, recipe.teacher.source, recipe.teacher.recipe)
-    speed = speed_settings(recipe.speed, device)
-    run.record(teacher=teacher_info, speed=speed)
+    speed = resolve(recipe.speed, device)
+    run.record(teacher=teacher_info, speed=speed.record())
 
     n = recipe.iterations
     opt_g = torch.optim.Adam(generator.parameters(), lr=recipe.optim.generator_lr)
     opt_s = torch.optim.Adam(student.parameters(), lr=recipe.optim.student_lr)
     sched_g, sched_s = _cosine(opt_g, n), _cosine(opt_s, n)
-    start = 0
-    state = run.load_checkpoint()
-    if state is not None:
-        start = run.restore(state, generator=generator, student=student, opt_generator=opt_g, opt_student=opt_s,
-                            sched_generator=sched_g, sched_student=sched_s)
-
     game = _game(recipe, speed, generator, student, teacher, opt_g, opt_s, sched_g, sched_s)
     z_rng = run.generator("z", device)
+    # everything that draws random numbers while being built exists: restore (generators last) right here
+    start = run.restore(**game.stateful())
     test_x, test_y = real.normalize(real.test_x), real.test_y
     eval_every = recipe.eval_every or max(1, n // 100)
     sample_every = recipe.sample_every or max(1, n // 10)
     checkpoint_every = recipe.checkpoint_every or max(1, n // 10)
     out = None
     title = f"zskt {teacher_loaded.config['architecture']} -> {recipe.student.arch} on {spec.name}"
+    pending: list = []  # (iteration, its two losses on the device): read in one host sync per window
+
+    def read() -> list[float]:
+        """The window's losses in one host read, each checked (naming its iteration); -> the last pair."""
+        values = torch.stack([pair for _, pair in pending]).tolist()
+        for (i, _), (loss_g, loss_s) in zip(pending, values):
+            run.check_finite(loss_g, i)
+            run.check_finite(loss_s, i)
+        pending.clear()
+        return values[-1]
+
     with run.progress(n, title, start=start) as bar:
         for it in range(start, n):
             z = torch.randn(recipe.batch_size, recipe.generator.z_dim, generator=z_rng, device=device)
             out = game.step(z)
-            run.check_finite(out["loss_generator"], it)
-            run.check_finite(out["loss_student"], it)
+            pending.append((it, torch.stack([out["loss_generator"], out["loss_student"]])))
             done = it + 1
             shown = {}
-            if done % eval_every == 0 or done == n:
-                shown = {"accuracy": accuracy(student, test_x, test_y, device=device),
-                         "loss_student": out["loss_student"].item(), "loss_generator": out["loss_generator"].item()}
+            logged, sampled = done % eval_every == 0 or done == n, done % sample_every == 0 and done < n
+            saved = done % checkpoint_every == 0 and done < n
+            if logged or sampled or saved or len(pending) >= READ_EVERY:  # nothing non-finite gets logged or saved
+                loss_g, loss_s = read()
+            if logged:
+                shown = {"accuracy": accuracy(student, test_x, test_y, device=device), "loss_student": loss_s,
+                         "loss_generator": loss_g}
                 run.log(done, **shown, lr_student=sched_s.get_last_lr()[0], lr_generator=sched_g.get_last_lr()[0])
-            if done % sample_every == 0 and done < n:
+            if sampled:
                 run.save_images(f"samples-{done:07d}", out["images"][:64], mean=spec.mean, std=spec.std)
-            if done % checkpoint_every == 0 and done < n:
-                run.save_checkpoint({"generator": generator.state_dict(), "student": student.state_dict(),
-                                     "opt_generator": opt_g.state_dict(), "opt_student": opt_s.state_dict(),
-                                     "sched_generator": sched_g.state_dict(), "sched_student": sched_s.state_dict()},
-                                    done)
+            if saved:
+                run.save_checkpoint({k: v.state_dict() for k, v in game.stateful().items()}, done)
             bar.update(1, **shown)
     if out is not None:
         run.save_images("samples", out["images"][:64], mean=spec.mean, std=spec.std)
@@ -134,23 +132,16 @@ def _check_teacher_dataset(config: dict, spec) -> None:
 
 
 def _game(recipe, speed, generator, student, teacher, opt_g, opt_s, sched_g, sched_s) -> Game:
-    if speed["channels_last"]:
-        for m in (generator, student, teacher):
-            m.to(memory_format=torch.channels_last)
-    autocast = contextlib.nullcontext
-    if speed["amp"] == "bf16":
-        device_type = next(student.parameters()).device.type
-
-        def autocast():
-            return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    compiled = {}
-    if speed["compile"]:
-        compiled = {"generate": torch.compile(generator), "student_features": torch.compile(student.forward_features),
-                    "teacher_features": torch.compile(teacher.forward_features)}
+    """The game under the run's speed settings (toolbox.speed.Resolved): all three networks in its memory
+    layout, their forward passes under its autocast and compiled when it says so, and a gradient scaler
+    per optimiser (enabled for fp16 only: each network's loss has its own range)."""
+    speed.layout(generator, student, teacher)
     return Game(generator, student, teacher, opt_g, opt_s, sched_g, sched_s, beta=recipe.loss.beta,
                 temperature=recipe.loss.temperature, grad_clip=recipe.optim.grad_clip,
-                generator_steps=recipe.generator_steps, student_steps=recipe.student_steps, autocast=autocast,
-                **compiled)
+                generator_steps=recipe.generator_steps, student_steps=recipe.student_steps, autocast=speed.autocast,
+                generate=speed.maybe_compile(generator), student_features=speed.maybe_compile(student.forward_features),
+                teacher_features=speed.maybe_compile(teacher.forward_features),
+                scaler_generator=speed.grad_scaler(), scaler_student=speed.grad_scaler())
 
 
 def _warn(message: str) -> None:

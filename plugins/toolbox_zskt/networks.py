@@ -9,12 +9,6 @@ from __future__ import annotations
 import torch
 
 from toolbox.errors import UsageError
-from toolbox.registry import current
-
-
-def build_student(arch: str, kwargs: dict, spec):
-    c, _, w = spec.shape
-    return current().architecture(arch)(num_classes=spec.num_classes, in_channels=c, image_size=w, **kwargs)
 
 
 def check_pair(teacher, student, input_shape, teacher_arch: str = "teacher", student_arch: str = "student") -> None:

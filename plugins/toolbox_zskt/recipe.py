@@ -20,6 +20,7 @@ from toolbox.recipes import (
     Section,
     Temperature,
 )
+from toolbox.speed import Speed
 
 
 class Teacher(Section):
@@ -68,14 +69,6 @@ class Loss(Section):
     temperature: Temperature = 1.0
 
 
-class Speed(Section):
-    """Switches that change speed, not the method. ``auto`` = on for CUDA, off on the CPU."""
-
-    channels_last: bool | Literal["auto"] = "auto"
-    amp: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast of the forward passes
-    compile: bool | Literal["auto"] = "auto"  # torch.compile the three networks' forward passes
-
-
 class ZSKTRecipe(RecipeBase):
     method: Literal["zskt"] = "zskt"
     teacher: Teacher = Teacher()
@@ -84,7 +77,7 @@ class ZSKTRecipe(RecipeBase):
     generator: GeneratorSection = GeneratorSection()
     optim: Optim = Optim()
     loss: Loss = Loss()
-    speed: Speed = Speed()
+    speed: Speed = Speed()  # mixed precision, channels_last, compile of all three networks (toolbox.speed)
     iterations: Count = 80_000
     batch_size: BatchSize = 128
     generator_steps: Count = 1
