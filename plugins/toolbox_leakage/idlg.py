@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from toolbox.gradmatch import match_distance
 
@@ -86,7 +87,10 @@ def reconstruct(model, victim: VictimGradient, shape, num_classes: int, *, label
 
     def closure():
         opt.zero_grad()
-        logits = model(dummy)
+        # the match differentiates the gradient again: the fused attention kernels (a ViT's
+        # scaled_dot_product_attention) have no second derivative, the math one has
+        with sdpa_kernel(SDPBackend.MATH):
+            logits = model(dummy)
         loss = F.cross_entropy(logits, target) if soft is None else F.cross_entropy(logits, F.softmax(soft, dim=-1))
         dummy_grads = torch.autograd.grad(loss, params, create_graph=True)
         distance = match_distance(victim.grads, dummy_grads, kind="mse")
