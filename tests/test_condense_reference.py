@@ -106,6 +106,9 @@ class RecordingIndex:
         self.rec.samples.append((n, idx.clone(), mask.clone()))
         return idx, mask
 
+    def __getattr__(self, name):  # counts, smallest, ...: the wrapped index's
+        return getattr(self.inner, name)
+
 
 def _convnet(norm, dtype):
     return ConvNet(num_classes=CLASSES, in_channels=SHAPE[0], image_size=SHAPE[1], width=WIDTH, norm=norm).to(dtype)

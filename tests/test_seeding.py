@@ -32,3 +32,13 @@ def test_no_cuda_reseed_is_queued(monkeypatch):
     with seeded(5):
         torch.rand(3)
     assert calls == []
+
+
+def test_the_network_equals_the_one_torch_manual_seed_builds():
+    # the copies this replaced called torch.manual_seed(seed) then build(): the CPU stream is the same,
+    # so every network DC, DM, the evaluator, FDS and the leakage audit build stays bit-identical
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2**61 + 3)
+        expected = nn.Conv2d(3, 8, 3)
+    got = init_with_seed(lambda: nn.Conv2d(3, 8, 3), 2**61 + 3)
+    assert torch.equal(got.weight, expected.weight) and torch.equal(got.bias, expected.bias)

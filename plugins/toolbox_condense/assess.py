@@ -3,6 +3,7 @@ under one evaluation protocol (the one stored with the run unless options change
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields, replace
 
 from toolbox.errors import UsageError
@@ -39,7 +40,7 @@ def evaluate_condensed(source, options: dict, device) -> dict:
 
     from toolbox.artifacts import CONDENSED_FORMAT, load_synthetic, read_config
     from toolbox.data import load
-    from toolbox.registry import current
+    from toolbox.models import build_for
 
     from . import baselines
 
@@ -68,12 +69,7 @@ def evaluate_condensed(source, options: dict, device) -> dict:
     metrics = {"accuracy": result["accuracy"], "accuracy_std": result["accuracy_std"]}
     table = {}
     if names:
-        arch = current().architecture(protocol.arch)
-        c, h, _ = data.shape
-
-        def build():
-            return arch(num_classes=data.num_classes, in_channels=c, image_size=h)
-
+        build = functools.partial(build_for, protocol.arch, data.spec)
         generator = torch.Generator().manual_seed(seed)
         for name in names:
             x, y = baselines.select(name, data, ipc, protocol, seed, device, build, generator)

@@ -11,6 +11,7 @@ scale U(1/1.2, 1.2) per axis, rotation U(-15, 15) degrees.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -60,6 +61,10 @@ class Params:
     def _map(self, fn) -> Params:
         return Params(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
+    def families_present(self) -> tuple[int, ...]:
+        """The families some row uses, read on the host: free for CPU tensors, a device sync otherwise."""
+        return tuple(torch.unique(self.family).tolist())
+
     def select(self, idx) -> Params:
         return self._map(lambda t: t[idx])
 
@@ -75,6 +80,12 @@ class Params:
         return Params(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Params)})
 
 
+@functools.lru_cache(maxsize=64)
+def _families_on(families: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The strategy's family numbers as a tensor on ``device``, made once (a copy to a GPU waits for it)."""
+    return torch.tensor(families, device=device)
+
+
 def draw(count: int, families: tuple[int, ...], size: int, generator: torch.Generator,
          one_family: bool = False) -> Params:
     """``count`` independent parameter sets. one_family: all rows share one family (the reference's
@@ -83,7 +94,7 @@ def draw(count: int, families: tuple[int, ...], size: int, generator: torch.Gene
         return torch.rand(count, generator=generator, device=generator.device)
 
     pick = torch.randint(len(families), (1 if one_family else count,), generator=generator, device=generator.device)
-    family = torch.tensor(families, device=generator.device)[pick].expand(count).clone()
+    family = _families_on(families, generator.device)[pick].expand(count).clone()
     shift = int(size * CROP_RATIO + 0.5)
     cut = int(size * CUTOUT_RATIO + 0.5)
     randint = lambda lo, hi: torch.randint(lo, hi, (count,), generator=generator, device=generator.device)  # noqa: E731
@@ -153,13 +164,20 @@ def _rotate(x, p: Params):
 _APPLY = (_color, _crop, _cutout, _flip, _scale, _rotate)
 
 
-def apply(x: torch.Tensor, p: Params) -> torch.Tensor:
+def apply(x: torch.Tensor, p: Params, families: tuple[int, ...] | None = None) -> torch.Tensor:
     """Augment image i of x with row i of p (differentiable with respect to x).
+
+    Where p lives on the CPU the families present are read and only those are applied, each to its
+    own rows. Reading them from a GPU would stall the host until the device catches up, so there
+    every family of ``families`` (the strategy; all six if None) is applied to every image and each
+    image keeps its own family's result: more arithmetic, no synchronisation.
 
     The result is contiguous, as the reference's DiffAugment returns it: crop gathers through a
     channels-last view, and group norm under vmap (the stacked evaluator) refuses such strides."""
+    if not host_read_is_free(p):
+        return apply_every_family(x, p, families)
     p = p.to(x.device)
-    present = torch.unique(p.family).tolist()
+    present = p.families_present()
     if len(present) == 1:
         return _APPLY[present[0]](x, p).contiguous()
     out = x.clone()
@@ -167,3 +185,16 @@ def apply(x: torch.Tensor, p: Params) -> torch.Tensor:
         idx = (p.family == k).nonzero().squeeze(1)
         out[idx] = _APPLY[k](x[idx], p.select(idx))
     return out
+
+
+def host_read_is_free(p: Params) -> bool:
+    return p.family.device.type == "cpu"
+
+
+def apply_every_family(x: torch.Tensor, p: Params, families: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``apply`` without reading the parameters on the host (p on x's device)."""
+    out = x
+    for k in families if families is not None else range(len(FAMILIES)):
+        chosen = (p.family == k).view(-1, 1, 1, 1)
+        out = torch.where(chosen, _APPLY[k](x, p), out)
+    return out.contiguous()

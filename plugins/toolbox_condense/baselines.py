@@ -27,7 +27,9 @@ from dataclasses import replace
 
 import torch
 
-from .evaluator import Protocol, init_model, model_seed, train_models
+from toolbox.seeding import init_with_seed
+
+from .evaluator import Protocol, model_seed, train_models
 from .sampling import ClassIndex
 
 NAMES = ("random", "herding", "kcenter", "whole")
@@ -38,7 +40,7 @@ def feature_network(build, train_x, train_y, protocol: Protocol, seed: int, devi
     quick = replace(protocol, epochs=FEATURE_EPOCHS, augment="none", models=1)
     s = model_seed(seed, 10_000)
     _, params = train_models(build, train_x, train_y, quick, [s], device)
-    net = init_model(build, s).to(device)
+    net = init_with_seed(build, s).to(device)
     net.load_state_dict({k: v[0].detach() for k, v in params.items()}, strict=False)
     return net.eval()
 

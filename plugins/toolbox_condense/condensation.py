@@ -3,13 +3,16 @@ logging, evaluate with the recipe's protocol, save the condensed set, its image 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from toolbox.errors import UsageError
+from toolbox.models import build_for
 
 from . import augment
 from .card import write_card
-from .dc import LOOPS, Matcher, match_step
+from .dc import LOOPS, Matcher, classes_batched, match_step
 from .dm import Embedder, dm_step
 from .evaluator import Protocol, evaluate_set
 from .sampling import ClassIndex
@@ -44,7 +47,7 @@ def strategy_for(value: str, dataset: str) -> str:
 def protocol_for(recipe, dataset: str) -> Protocol:
     e = recipe.eval
     return Protocol(models=e.models, epochs=e.epochs, lr=e.lr, momentum=e.momentum, weight_decay=e.weight_decay,
-                    batch_size=e.batch_size, augment=strategy_for(e.augment, dataset), arch=e.arch)
+                    batch_size=e.batch_size, augment=strategy_for(e.augment, dataset), arch=e.arch, stacked=e.stacked)
 
 
 def _init_images(recipe, data, train_x, classes, generator):
@@ -58,7 +61,6 @@ def _init_images(recipe, data, train_x, classes, generator):
 
 def run_condense(recipe, run) -> dict:
     from toolbox.data import load
-    from toolbox.registry import current
 
     try:
         data = load(recipe.data.dataset)
@@ -66,17 +68,17 @@ def run_condense(recipe, run) -> dict:
         raise UsageError(str(e)) from None
     check_ipc(recipe, data)
     device = run.device
-    num_classes, (c, h, _) = data.num_classes, data.shape
-    arch = current().architecture(recipe.model.arch)
-
-    def build():
-        return arch(num_classes=num_classes, in_channels=c, image_size=h)
+    num_classes = data.num_classes
+    build = functools.partial(build_for, recipe.model.arch, data.spec)
 
     strategy = strategy_for(recipe.augment.strategy, data.name)
     families = augment.parse_strategy(strategy) if recipe.method in ("dsa", "dm") and strategy != "none" else None
     train_x = data.normalize(data.train_x).to(device)
     classes = ClassIndex(data.train_y.to(device), num_classes)
-    gens = {name: run.generator(name) for name in ("init", "net", "sample", "augment", "eval")}
+    # sampling and augmentation draw on the device (on the CPU: the CPU streams, unchanged), so nothing
+    # is copied to a GPU per step; the network seeds and the initial images stay on the CPU (read once)
+    gens = {name: run.generator(name) for name in ("init", "net", "eval")}
+    gens.update({name: run.generator(name, device if device.type == "cuda" else None) for name in ("sample", "augment")})
 
     syn = _init_images(recipe, data, train_x, classes, gens["init"]).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=recipe.lr_img, momentum=recipe.momentum_img)
@@ -91,7 +93,7 @@ def run_condense(recipe, run) -> dict:
         step = dm_step
     else:
         outer, inner = loops_for(recipe)
-        batched = recipe.class_batching == "vmap" or (recipe.class_batching == "auto" and device.type == "cuda")
+        batched = classes_batched(recipe.class_batching, device)
         state = Matcher(build, train_x, classes, recipe.data.batch_real, outer, inner, recipe.lr_net,
                         recipe.batch_train, recipe.distance, families, batched,
                         gens["net"], gens["sample"], gens["augment"])

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from toolbox.seeding import init_with_seed
+
 from . import augment
 from .matching import class_match_loss, match_loss_vmap
 
@@ -41,21 +43,26 @@ class Matcher:
     gen_augment: torch.Generator
 
 
+def classes_batched(choice: str, device) -> bool:
+    """The recipe's class_batching: vmap (all classes in one batched call) or loop; auto = vmap on
+    CUDA, where it saves thousands of small kernel launches, and loop elsewhere (faster on the CPU)."""
+    return choice == "vmap" or (choice == "auto" and torch.device(device).type == "cuda")
+
+
 def fresh_network(build, generator: torch.Generator):
     """A new network whose default initialisation is drawn from ``generator`` (reproducible)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
+    return init_with_seed(build, int(torch.randint(0, 2**62, (1,), generator=generator)))
 
 
 def _freeze_batchnorm(net, m: Matcher) -> None:
     """Small synthetic batches give useless batch statistics: estimate them on 16 real images per
     class, then keep them fixed for the matching (the reference procedure)."""
     idx, mask = m.classes.sample(BN_IMAGES_PER_CLASS, m.gen_sample)
+    # a boolean mask costs a host read of its size; with every class big enough there is none to apply
+    rows = idx.flatten() if BN_IMAGES_PER_CLASS <= m.classes.smallest else idx[mask]
     net.train()
     with torch.no_grad():
-        net(m.train_x[idx[mask]])
+        net(m.train_x[rows])
     for module in net.modules():
         if isinstance(module, _BatchNorm):
             module.eval()
@@ -65,12 +72,13 @@ def _train_network(net, opt, syn, syn_y, m: Matcher) -> None:
     images, labels = syn.detach(), syn_y
     net.train()
     for _ in range(m.inner_loop):
-        perm = torch.randperm(images.shape[0], generator=m.gen_sample).to(images.device)
+        perm = torch.randperm(images.shape[0], generator=m.gen_sample, device=m.gen_sample.device).to(images.device)
         for start in range(0, images.shape[0], m.batch_train):
             idx = perm[start:start + m.batch_train]
             x = images[idx]
             if m.families is not None:
-                x = augment.apply(x, augment.draw(x.shape[0], m.families, x.shape[-1], m.gen_augment, one_family=True))
+                draws = augment.draw(x.shape[0], m.families, x.shape[-1], m.gen_augment, one_family=True)
+                x = augment.apply(x, draws, m.families)
             loss = F.cross_entropy(net(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -84,7 +92,8 @@ def match_step(syn: torch.Tensor, opt_img, m: Matcher) -> float:
     net = fresh_network(m.build, m.gen_net).to(syn.device)
     opt_net = torch.optim.SGD(net.parameters(), lr=m.lr_net)
     has_bn = any(isinstance(x, _BatchNorm) for x in net.modules())
-    total = 0.0
+    full = m.batch_real <= m.classes.smallest  # no class short of images: no mask to apply
+    total = torch.zeros((), dtype=torch.float64, device=syn.device)  # read once, at the end
     for ol in range(m.outer_loop):
         if has_bn:
             _freeze_batchnorm(net, m)
@@ -99,23 +108,24 @@ def match_step(syn: torch.Tensor, opt_img, m: Matcher) -> float:
         opt_img.zero_grad(set_to_none=True)
         if m.batched:
             if draws is not None:
-                real_x = augment.apply(real_x.flatten(0, 1), draws.repeat(idx.shape[1])).view_as(real_x)
-                syn_x = augment.apply(syn.flatten(0, 1), draws.repeat(ipc)).view_as(syn)
+                real_x = augment.apply(real_x.flatten(0, 1), draws.repeat(idx.shape[1]), m.families).view_as(real_x)
+                syn_x = augment.apply(syn.flatten(0, 1), draws.repeat(ipc), m.families).view_as(syn)
             loss = match_loss_vmap(net, real_x, real_y, mask.to(syn.dtype), syn_x, syn_y, m.distance)
             loss.backward(inputs=[syn])
-            total += float(loss.detach())
+            total += loss.detach()
         else:
             for c in range(num_classes):
-                real_c, syn_c = real_x[c][mask[c]], syn[c]
+                real_c, syn_c = (real_x[c] if full else real_x[c][mask[c]]), syn[c]
                 if draws is not None:
                     one = draws.select(slice(c, c + 1))
-                    real_c = augment.apply(real_c, one.repeat(real_c.shape[0]))
-                    syn_c = augment.apply(syn_c, one.repeat(ipc))
+                    real_c = augment.apply(real_c, one.repeat(real_c.shape[0]), m.families)
+                    syn_c = augment.apply(syn_c, one.repeat(ipc), m.families)
                 term = class_match_loss(net, real_c, real_y[c][: real_c.shape[0]], syn_c, syn_y[c], m.distance)
                 term.backward(inputs=[syn])  # one class's graph at a time: the memory-light form
-                total += float(term.detach())
+                total += term.detach()
         opt_img.step()
         if ol == m.outer_loop - 1:
             break
         _train_network(net, opt_net, syn.flatten(0, 1), syn_y.reshape(-1), m)
-    return total / (num_classes * m.outer_loop)
+    # float64 sums float32 terms exactly as Python floats did, so the logged loss is unchanged
+    return float(total) / (num_classes * m.outer_loop)

@@ -34,8 +34,8 @@ def dm_step(syn: torch.Tensor, opt_img, m: Embedder) -> float:
     real_x, syn_x = m.train_x[idx], syn
     if m.families is not None:
         draws = augment.draw(num_classes, m.families, syn.shape[-1], m.gen_augment)
-        real_x = augment.apply(real_x.flatten(0, 1), draws.repeat(idx.shape[1])).view_as(real_x)
-        syn_x = augment.apply(syn.flatten(0, 1), draws.repeat(ipc)).view_as(syn)
+        real_x = augment.apply(real_x.flatten(0, 1), draws.repeat(idx.shape[1]), m.families).view_as(real_x)
+        syn_x = augment.apply(syn.flatten(0, 1), draws.repeat(ipc), m.families).view_as(syn)
     with torch.no_grad():
         emb_real = net.embed(real_x.flatten(0, 1)).view(num_classes, idx.shape[1], -1)
         w = mask.to(emb_real.dtype)[..., None]

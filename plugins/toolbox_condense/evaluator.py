@@ -7,18 +7,25 @@ train together: their weights are stacked (torch.func.stack_module_state) and on
 every model's step, which pays where one model's step is too small to keep the hardware busy (tiny
 sets, GPUs). Where a single model's step already is (CPU, 100+ images or CIFAR-sized images), the
 vmapped grouped convolutions are slower than plain ones, so the models train one after another
-instead. Each model owns a generator (initialisation, shuffling, augmentation) seeded
-from (seed, model index), so model i gets the same draws whether it trains alone or with others.
+instead; ``Protocol.stacked`` (the recipe's ``eval.stacked``) forces either path. Batch-norm models
+always train one after another: their running statistics are buffers updated in place, which a
+vmapped call cannot do per model. Each model owns a generator (initialisation, shuffling,
+augmentation) seeded from (seed, model index), so model i gets the same draws whether it trains
+alone or with others.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
+
+from toolbox.models import build_for
+from toolbox.seeding import init_with_seed
 
 from . import augment
 
@@ -33,6 +40,7 @@ class Protocol:
     batch_size: int = 256
     augment: str = "none"  # "none" or a DSA strategy (per-image parameters, one family per batch)
     arch: str = "convnet"
+    stacked: bool | str = "auto"  # train the models together (vmap): auto | True | False (see use_stacked)
 
     def describe(self) -> dict:
         return {**asdict(self), "optimizer": "SGD", "lr_drop": f"x0.1 after epoch {self.epochs // 2 + 1}",
@@ -41,13 +49,6 @@ class Protocol:
 
 def model_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 7919 + 17) % (1 << 63)
-
-
-def init_model(build, seed: int):
-    """A freshly initialised model whose PyTorch default init is drawn from ``seed`` only."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
 
 
 def stacked_pays(images: torch.Tensor, protocol: Protocol, device) -> bool:
@@ -62,19 +63,26 @@ def stacked_pays(images: torch.Tensor, protocol: Protocol, device) -> bool:
     return per_step <= 1024
 
 
+def use_stacked(model, images: torch.Tensor, protocol: Protocol, device, stacked: bool | str = "auto") -> bool:
+    """Whether the models train together: never for batch-norm models (running statistics), else
+    ``stacked`` (True/False), or for "auto" where it pays (stacked_pays)."""
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    return stacked_pays(images, protocol, device) if stacked == "auto" else bool(stacked)
+
+
 def train_models(build, images, labels, protocol: Protocol, seeds: list[int], device, stacked: bool | None = None):
     """Train one model per seed on (images, labels); -> (forward(x) -> logits [N, B, K], stacked params).
 
-    ``stacked``: train the models together (vmap) or one after another; None picks the faster.
-    Either way model i sees the same initialisation, shuffles and augmentations.
+    ``stacked``: train the models together (vmap) or one after another; None follows
+    ``protocol.stacked`` (see use_stacked). Either way model i sees the same initialisation, shuffles
+    and augmentations.
     """
     images, labels = images.to(device), labels.to(device)
-    if stacked is None:
-        stacked = stacked_pays(images, protocol, device)
-    models = [init_model(build, s).to(device) for s in seeds]
-    if stacked and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for model in models for m in model.modules()):
-        raise ValueError("the batched evaluator does not train batch-norm models (running statistics under vmap)")
-    gens = [torch.Generator().manual_seed(s + 1) for s in seeds]
+    models = [init_with_seed(build, s).to(device) for s in seeds]
+    stacked = use_stacked(models[0], images, protocol, device, protocol.stacked if stacked is None else stacked)
+    # on the images' device: the shuffles and augmentation draws need no copy there (a copy to a GPU waits for it)
+    gens = [torch.Generator(device=images.device).manual_seed(s + 1) for s in seeds]
     families = augment.parse_strategy(protocol.augment) if protocol.augment != "none" else None
     if not stacked:
         for model, g in zip(models, gens):
@@ -102,14 +110,14 @@ def train_models(build, images, labels, protocol: Protocol, seeds: list[int], de
 
     opt = optimizer(lr)
     for ep in range(protocol.epochs + 1):
-        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)
+        perms = torch.stack([torch.randperm(n, generator=g, device=g.device) for g in gens]).to(device)
         for start in range(0, n, protocol.batch_size):
             idx = perms[:, start:start + protocol.batch_size]
             xb, yb = images[idx], labels[idx]
             if families is not None:
                 b = idx.shape[1]
                 draws = augment.Params.cat([augment.draw(b, families, images.shape[-1], g, one_family=True) for g in gens])
-                xb = augment.apply(xb.flatten(0, 1), draws).view_as(xb)
+                xb = augment.apply(xb.flatten(0, 1), draws, families).view_as(xb)
             logits = train_forward(params, buffers, xb)
             losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(count, -1).mean(1)
             opt.zero_grad(set_to_none=True)
@@ -133,12 +141,12 @@ def _train_one(model, images, labels, protocol: Protocol, families, g: torch.Gen
 
     opt = optimizer(lr)
     for ep in range(protocol.epochs + 1):
-        perm = torch.randperm(n, generator=g).to(device)
+        perm = torch.randperm(n, generator=g, device=g.device).to(device)
         for start in range(0, n, protocol.batch_size):
             idx = perm[start:start + protocol.batch_size]
             xb = images[idx]
             if families is not None:
-                xb = augment.apply(xb, augment.draw(idx.shape[0], families, images.shape[-1], g, one_family=True))
+                xb = augment.apply(xb, augment.draw(idx.shape[0], families, images.shape[-1], g, one_family=True), families)
             loss = F.cross_entropy(model(xb), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -159,12 +167,8 @@ def accuracies_on(forward, test_x, test_y, batch_size: int = 1000) -> torch.Tens
 
 def evaluate_set(images, labels, data, protocol: Protocol, seed: int, device, build=None) -> dict:
     """Train ``protocol.models`` fresh models on (images, labels) (normalised), test on the real test set."""
-    from toolbox.registry import current
-
     if build is None:
-        arch = current().architecture(protocol.arch)
-        c, h, _ = data.shape
-        build = lambda: arch(num_classes=data.num_classes, in_channels=c, image_size=h)  # noqa: E731
+        build = functools.partial(build_for, protocol.arch, data.spec)
     seeds = [model_seed(seed, i) for i in range(protocol.models)]
     forward, _ = train_models(build, images, labels, protocol, seeds, device)
     accs = accuracies_on(forward, data.normalize(data.test_x).to(device), data.test_y.to(device))

@@ -26,6 +26,7 @@ class ClassIndex:
         self.valid = pos[None, :] < counts[:, None]
         self.indices = torch.where(self.valid, order[gather], order[starts][:, None].expand(-1, width))
         self.counts = counts
+        self.smallest = int(counts.min())  # draws of at most this many per class need no mask
         self.num_classes = num_classes
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

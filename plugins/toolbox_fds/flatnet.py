@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch.func import functional_call
 
+from toolbox.seeding import init_with_seed
+
 
 class FlatNet:
     def __init__(self, build: Callable[[], torch.nn.Module]):
@@ -29,9 +31,7 @@ class FlatNet:
         The module is rebuilt so its buffers (batch-norm statistics) start fresh too.
         """
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.module = self.build().to(device=device, dtype=dtype)
+        self.module = init_with_seed(self.build, seed).to(device=device, dtype=dtype)
         return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).clone()
 
     def params(self, w: torch.Tensor) -> dict:

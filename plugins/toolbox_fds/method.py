@@ -10,7 +10,7 @@ from toolbox import data
 from toolbox.classifier import evaluate_accuracy
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, check_options
-from toolbox.registry import current
+from toolbox.models import build_for
 
 from .flatnet import FlatNet
 from .forward_mode import Hypers, batches, hypergradient, unroll, validation_gradient
@@ -26,10 +26,7 @@ def split_validation(n: int, fraction: float, generator: torch.Generator) -> tup
 
 
 def _net(recipe, spec, device, dtype) -> FlatNet:
-    arch = current().architecture(recipe.model.arch)
-    c, _, w = spec.shape
-    return FlatNet(lambda: arch(num_classes=spec.num_classes, in_channels=c, image_size=w, **recipe.model.kwargs)
-                   .to(device=device, dtype=dtype))
+    return FlatNet(lambda: build_for(recipe.model.arch, spec, **recipe.model.kwargs).to(device=device, dtype=dtype))
 
 
 def _accuracy(net: FlatNet, w, x, y, batch_size: int = 1000) -> float:

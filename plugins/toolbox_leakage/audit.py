@@ -11,7 +11,8 @@ import torch
 from toolbox import artifacts, data
 from toolbox.errors import UsageError
 from toolbox.evaluation import check_options
-from toolbox.registry import current
+from toolbox.models import build_for
+from toolbox.seeding import init_with_seed
 
 from .idlg import extract_label, reconstruct, victim_gradient
 
@@ -37,25 +38,18 @@ def _options(options: dict) -> dict:
     return {"mode": mode, "split": split, "n": n, "iters": iters, "seed": seed, "untrained": bool(options.get("untrained"))}
 
 
-def _model(source, device, untrained: bool, seed: int):
-    loaded = artifacts.load_model(source, device=device)
-    if not untrained:
-        return loaded
-    cfg = loaded.config
-    c, _, w = cfg["input_shape"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = current().architecture(cfg["architecture"])(num_classes=cfg["num_classes"], in_channels=c,
-                                                             image_size=w, **cfg.get("arch_kwargs", {}))
-    loaded.model = fresh.to(device).eval()
-    return loaded
+def _fresh(config: dict, spec, seed: int):
+    """A freshly initialised network of the model's architecture, its initialisation drawn from ``seed``."""
+    return init_with_seed(lambda: build_for(config["architecture"], spec, **config.get("arch_kwargs", {})), seed)
 
 
 def audit(source, options: dict, device, out: Path) -> dict:
     opts = _options(options)
-    loaded = _model(source, device, opts["untrained"], opts["seed"])
-    model = loaded.model.eval()  # batch norm on running statistics: one example per gradient
+    loaded = artifacts.load_model(source, device=device)
     real = data.load(loaded.config["dataset"])
+    if opts["untrained"]:
+        loaded.model = _fresh(loaded.config, real.spec, opts["seed"]).to(device)
+    model = loaded.model.eval()  # batch norm on running statistics: one example per gradient
     pool_x, pool_y = (real.train_x, real.train_y) if opts["split"] == "train" else (real.test_x, real.test_y)
     gen = torch.Generator().manual_seed(opts["seed"])
     picks = torch.randperm(len(pool_x), generator=gen)[: opts["n"]]
