@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import model_validator
+
 from . import artifacts
 from .errors import UsageError
+from .recipes import Section
 from .runs import cached_run
 
 
@@ -36,3 +39,26 @@ def freeze(model) -> None:
     through the teacher to its input (the generator step), but none are computed for its weights."""
     model.eval()
     model.requires_grad_(False)
+
+
+class TeacherSection(Section):
+    """The ``teacher:`` recipe section of every distillation method."""
+
+    # a run directory, a model folder or hf-hub:org/name@rev; empty = train (or reuse) `recipe`
+    source: str = ""
+    recipe: str = "supervised/digits"  # supervised recipe of the teacher used when source is empty
+
+    @model_validator(mode="after")
+    def _exists(self):
+        """A missing or wrong teacher is refused before the run directory exists."""
+        from .artifacts import check_model_ref
+        from .recipes import find_recipe
+
+        if self.source:
+            check_model_ref(self.source, "teacher.source")
+        else:
+            try:
+                find_recipe(self.recipe)
+            except UsageError as e:
+                raise UsageError(f"teacher.recipe: {e}") from None
+        return self

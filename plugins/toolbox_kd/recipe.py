@@ -2,10 +2,9 @@
 
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import field_validator
 
 from toolbox.engine import Loop
-from toolbox.errors import UsageError
 from toolbox.recipes import (
     MAX_STEPS,
     ArchName,
@@ -27,27 +26,7 @@ from toolbox.recipes import (
     increasing,
 )
 from toolbox.speed import Speed
-
-
-class Teacher(Section):
-    # a run directory, a model folder or hf-hub:org/name@rev; empty = train (or reuse) `recipe`
-    source: str = ""
-    recipe: str = "supervised/digits"
-
-    @model_validator(mode="after")
-    def _exists(self):
-        """A missing or wrong teacher is refused before the run directory exists."""
-        from toolbox.artifacts import check_model_ref
-        from toolbox.recipes import find_recipe
-
-        if self.source:
-            check_model_ref(self.source, "teacher.source")
-        else:
-            try:
-                find_recipe(self.recipe)
-            except UsageError as e:
-                raise UsageError(f"teacher.recipe: {e}") from None
-        return self
+from toolbox.teachers import TeacherSection as Teacher
 
 
 class Student(ArchSection):
