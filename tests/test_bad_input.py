@@ -122,6 +122,7 @@ ROWS = [
     case("fds-lrs-zero", "train", "fds", "--lrs", "0", *MLP, expect="'hyper.num_lrs' (--lrs)"),
     case("fds-val-fraction-one", "train", "fds", "-o", "data.val_fraction=1", *MLP, expect="'data.val_fraction'"),
     case("fds-outer-steps-negative", "train", "fds", "--outer-steps", "-2", *MLP, expect="'outer_steps' (--outer-steps)"),
+    case("fds-speed-bf16", "train", "fds", "-o", "speed.amp=bf16", *MLP, expect="speed.amp=bf16 does not apply here"),
 
     case("arch-kwargs-unknown", "train", "supervised", "--arch", "mlp", "-o", "model.kwargs={nosuch: 1}", *MLP,
          expect="architecture 'mlp' takes no 'nosuch' in its kwargs; it takes: hidden, depth"),

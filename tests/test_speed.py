@@ -42,3 +42,26 @@ def test_channels_last_switch_changes_the_memory_format():
     conv = torch.nn.Conv2d(3, 8, 3)
     resolve(Speed(channels_last=True), torch.device("cpu")).layout(conv)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_an_exact_method_resolves_auto_to_fp32_and_refuses_other_settings_naming_why(monkeypatch):
+    cuda = _cuda(monkeypatch, 9)
+    resolved = resolve(Speed(), cuda, exact="its derivatives are forward-mode")
+    assert (resolved.amp, resolved.channels_last, resolved.compile) == ("fp32", False, False)
+    assert resolve(Speed(amp="fp32", compile=False), cuda, exact="x").amp == "fp32"
+    with pytest.raises(UsageError, match=r"speed.amp=bf16, speed.compile=True does not apply here.*forward-mode"):
+        resolve(Speed(amp="bf16", compile=True), cuda, exact="its derivatives are forward-mode")
+
+
+def test_every_method_recipe_has_the_same_speed_section():
+    """One section, the same keys for every method (the base recipe holds it)."""
+    from toolbox.registry import current
+    from toolbox.registry import resolve as resolve_schema
+
+    with_recipes = [m for m in current().methods.values() if m.schema]  # the leakage audit takes options only
+    assert len(with_recipes) >= 6
+    for method in with_recipes:
+        schema = resolve_schema(method.schema)
+        assert schema.model_fields["speed"].annotation is Speed, method.name
+        recipe = schema.model_validate({"method": method.name, "speed": {"amp": "fp32", "compile": False}})
+        assert recipe.speed == Speed(amp="fp32", compile=False)

@@ -23,7 +23,6 @@ from .recipes import (
     increasing,
 )
 from .sam import SAMSettings
-from .speed import Speed
 
 
 class ClassifierData(Section):
@@ -73,7 +72,6 @@ class ClassifierRecipe(RecipeBase):
     model: Model = Model()
     optim: Optim = Optim()
     schedule: Schedule = Schedule()
-    speed: Speed = Speed()  # mixed precision, channels_last, compile (toolbox.speed)
     loop: Loop = Loop()  # gradient accumulation, clipping, how often the loss is read (toolbox.engine)
     sam: SAMSettings | None = None  # set: wrap SGD in SAM / ASAM / Fisher-SAM (toolbox.sam)
     epochs: Count = 30

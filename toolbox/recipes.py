@@ -14,7 +14,7 @@ import hashlib
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -132,12 +132,25 @@ class Expect(Section):
     note: str = ""
 
 
+class Speed(Section):
+    """The ``speed:`` section, the same keys in every method's recipe (toolbox.speed resolves it for a
+    device). ``amp``: auto = bf16 where the GPU computes it natively (compute capability >= 8), fp16
+    with a gradient scaler on older GPUs, fp32 on the CPU. ``channels_last``/``compile``: auto = on
+    for CUDA. A method that must compute exactly (second derivatives, forward-mode hypergradients)
+    resolves auto to fp32 and refuses anything else in one line."""
+
+    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool | Literal["auto"] = "auto"
+
+
 class RecipeBase(Section):
     method: str
     seed: Seed = 0
     description: str = ""
     expect: Expect | None = None
     checkpoint_every: Interval = 0  # steps between checkpoints; 0 = the method's default
+    speed: Speed = Speed()  # mixed precision, channels_last, torch.compile (toolbox.speed); recorded in run.json
 
 
 # --- reading YAML ------------------------------------------------------------------------------

@@ -9,20 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass
-from typing import Literal
 
-from .recipes import Section
-
-AMP = ("auto", "bf16", "fp16", "fp32")
-
-
-class Speed(Section):
-    """``amp``: auto = bf16 where the GPU computes it natively (compute capability >= 8), fp16 with a
-    gradient scaler on older GPUs, fp32 on the CPU. ``channels_last``/``compile``: auto = on for CUDA."""
-
-    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    channels_last: bool | Literal["auto"] = "auto"
-    compile: bool | Literal["auto"] = "auto"
+from .recipes import Speed  # noqa: F401  (the section lives with the other recipe types; imported from here too)
 
 
 @dataclass(frozen=True)
@@ -78,10 +66,30 @@ def native_bf16(device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
-def resolve(speed: Speed | None, device) -> Resolved:
+def refuse_inexact(speed: Speed, why: str) -> Speed:
+    """``speed`` unless it asks for anything but fp32 without compile or layout change, which a method
+    that must compute exactly refuses in one line saying ``why`` (also usable as a recipe validator,
+    so the refusal comes before a run directory exists)."""
+    from .errors import UsageError
+
+    asked = {k: v for k, v in speed.model_dump().items() if v not in ("auto", False, "fp32")}
+    if asked:
+        keys = ", ".join(f"speed.{k}={v}" for k, v in asked.items())
+        raise UsageError(f"{keys} does not apply here: this method runs in fp32 as written, since {why}; "
+                         "leave the speed section at auto")
+    return speed
+
+
+def resolve(speed: Speed | None, device, *, exact: str | None = None) -> Resolved:
+    """What ``speed`` means on ``device``. ``exact``: why the method must run in fp32 without compile
+    or layout changes (e.g. "its hypergradients are forward-mode derivatives"); then auto means that
+    and any other explicit value is refused, naming the reason."""
     from .errors import UsageError
 
     speed = speed or Speed()
+    if exact is not None:
+        refuse_inexact(speed, exact)
+        return Resolved(amp="fp32", channels_last=False, compile=False, device_type=device.type)
     cuda = device.type == "cuda"
     amp = speed.amp
     if amp == "auto":

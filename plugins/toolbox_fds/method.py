@@ -11,10 +11,12 @@ from toolbox.classifier import evaluate_accuracy
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, check_options
 from toolbox.models import build_for
+from toolbox.speed import resolve
 
 from .flatnet import FlatNet
 from .forward_mode import Hypers, batches, hypergradient, unroll, validation_gradient
 from .outer import SignSteps
+from .recipe import EXACT
 from .schedule import plot_schedules, write_schedule
 
 
@@ -45,6 +47,8 @@ def _batches(idx, recipe, generator) -> list:
 def train_fds(recipe, run) -> dict:
     if recipe.inner_epochs < 1 or recipe.outer_steps < 1:
         raise UsageError("inner_epochs and outer_steps must be at least 1")
+    speed = resolve(recipe.speed, run.device, exact=EXACT)
+    run.record(speed=speed.record())
     real = data.load(recipe.data.dataset)
     spec, device = real.spec, run.device
     dtype = getattr(torch, recipe.dtype)

@@ -2,6 +2,8 @@
 
 from typing import Literal
 
+from pydantic import field_validator
+
 from toolbox.recipes import (
     MAX_STEPS,
     ArchName,
@@ -16,6 +18,8 @@ from toolbox.recipes import (
     Section,
     WeightDecay,
 )
+
+EXACT = "its hypergradients are forward-mode derivatives through the whole unrolled training (its precision is the recipe's dtype)"
 
 
 class Data(Section):
@@ -55,3 +59,10 @@ class FDSRecipe(RecipeBase):
     inner_epochs: Count = 10  # horizon of every inner loop (and of the retraining)
     outer_steps: Count = 10  # at most; stops earlier when the steps have converged
     dtype: Literal["float32", "float64"] = "float32"
+
+    @field_validator("speed")
+    @classmethod
+    def _exact(cls, speed):
+        from toolbox.speed import refuse_inexact
+
+        return refuse_inexact(speed, EXACT)

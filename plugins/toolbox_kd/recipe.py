@@ -25,7 +25,6 @@ from toolbox.recipes import (
     WeightDecay,
     increasing,
 )
-from toolbox.speed import Speed
 from toolbox.teachers import TeacherSection as Teacher
 
 
@@ -91,6 +90,5 @@ class KDRecipe(RecipeBase):
     loss: Loss = Loss()
     optim: Optim = Optim()
     schedule: Schedule = Schedule()
-    speed: Speed = Speed()  # mixed precision, channels_last, compile (toolbox.speed); the teacher runs under them too
     loop: Loop = Loop()  # gradient accumulation, clipping, how often the loss is read (toolbox.engine)
     eval_every: Interval = 0  # epochs between test evaluations; 0 = about 20 evaluations per run

@@ -17,7 +17,6 @@ from toolbox.recipes import (
     Section,
     Temperature,
 )
-from toolbox.speed import Speed
 from toolbox.teachers import TeacherSection as Teacher
 
 
@@ -54,7 +53,6 @@ class ZSKTRecipe(RecipeBase):
     generator: GeneratorSection = GeneratorSection()
     optim: Optim = Optim()
     loss: Loss = Loss()
-    speed: Speed = Speed()  # mixed precision, channels_last, compile of all three networks (toolbox.speed)
     iterations: Count = 80_000
     batch_size: BatchSize = 128
     generator_steps: Count = 1
