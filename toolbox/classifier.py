@@ -75,6 +75,17 @@ def _sam_step(sam: SAM, augment):
     return step
 
 
+def evaluate_classifier(source, options: dict, device, method: str, config_keys: tuple[str, ...] = ()) -> dict:
+    """The evaluate hook of methods whose artifact is a plain classifier: --metric accuracy only."""
+    from .evaluation import check_options
+
+    check_options(options, (), f"evaluating a {method} model")
+    metric = options.get("metric") or "accuracy"
+    if metric != "accuracy":
+        raise UsageError(f"{method} models support --metric accuracy, not '{metric}'")
+    return evaluate_accuracy(source, device, config_keys)
+
+
 def evaluate_accuracy(source, device, config_keys: tuple[str, ...] = ()) -> dict:
     """Test accuracy of a saved classifier on the test split of the dataset it was trained for, with the
     config.json entries named in ``config_keys`` reported beside it (an FDS model's learned schedule)."""

@@ -34,6 +34,6 @@ def train(method, recipe, run):
 
 @hookimpl
 def evaluate(method, source, options, device):
-    from .method import evaluate_model
+    from toolbox.classifier import evaluate_classifier
 
-    return evaluate_model(source, options, device)
+    return evaluate_classifier(source, options, device, method, config_keys=("schedule",))

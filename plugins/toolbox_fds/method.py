@@ -7,9 +7,8 @@ import json
 import torch
 
 from toolbox import data
-from toolbox.classifier import evaluate_accuracy
 from toolbox.errors import UsageError
-from toolbox.evaluation import accuracy, check_options
+from toolbox.evaluation import accuracy
 from toolbox.models import build_for
 from toolbox.speed import resolve
 
@@ -119,12 +118,4 @@ def train_fds(recipe, run) -> dict:
     run.save_model(model, arch=recipe.model.arch, arch_kwargs=recipe.model.kwargs, dataset=spec,
                    metrics={"accuracy": test_acc}, extra={"schedule": schedule, "schedule_file": "schedule.json"})
     return metrics
-
-
-def evaluate_model(source, options: dict, device) -> dict:
-    check_options(options, (), "evaluating an fds model")
-    metric = options.get("metric") or "accuracy"
-    if metric != "accuracy":
-        raise UsageError(f"fds models support --metric accuracy, not '{metric}'")
-    return evaluate_accuracy(source, device, config_keys=("schedule",))
 

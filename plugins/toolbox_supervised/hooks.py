@@ -34,6 +34,6 @@ def train(method, recipe, run):
 
 @hookimpl
 def evaluate(method, source, options, device):
-    from .training import evaluate_classifier
+    from toolbox.classifier import evaluate_classifier
 
-    return evaluate_classifier(source, options, device)
+    return evaluate_classifier(source, options, device, method)

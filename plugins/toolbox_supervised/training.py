@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from toolbox import artifacts, data
-from toolbox.classifier import evaluate_accuracy, fit
-from toolbox.errors import UsageError
-from toolbox.evaluation import check_options
+from toolbox.classifier import fit
 
 from .recipe import check_dataset
 
@@ -30,10 +28,3 @@ def train_classifier(recipe, run) -> dict:
                    extra={"trained_on": syn_source.describe() if syn_source else "real"})
     return final
 
-
-def evaluate_classifier(source, options: dict, device) -> dict:
-    check_options(options, (), "evaluating a supervised model")
-    metric = options.get("metric") or "accuracy"
-    if metric != "accuracy":
-        raise UsageError(f"supervised models support --metric accuracy, not '{metric}'")
-    return evaluate_accuracy(source, device)
