@@ -62,6 +62,17 @@ def _decode(obj: Any, tensors: dict):
     return obj
 
 
+def plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file (0644 under the usual umask 022).
+
+    mkstemp creates its files 0600, which suits secrets; nothing a run writes is one, so the file
+    renamed into place gets the mode any other written file would have.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, fsync, then rename over ``path``.
 
@@ -75,6 +86,7 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, plain_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetMissing, RunError
+from ..state import plain_file_mode
 
 CONNECT_TIMEOUT_S = 15
 
@@ -143,6 +144,7 @@ def fetch(url: str, dest: Path, md5: str) -> None:
         if digest.hexdigest() != md5:
             raise RunError(f"checksum mismatch for {dest.name} downloaded from {url} (md5 {digest.hexdigest()}, "
                            f"expected {md5}); the file was discarded, run again or fetch it by hand into {dest.parent}")
+        os.chmod(tmp, plain_file_mode())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
