@@ -7,6 +7,7 @@ the progress bar, NaN checks, and checkpoint/resume (atomic, no pickle).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -109,6 +110,7 @@ class Run:
         self.resumed = resumed
         self._generators: dict[str, Any] = {}
         self._start = time.time()
+        self._nested = 0.0  # seconds spent in nested runs (a default teacher), not this run's own time
         torch.manual_seed(self.seed)
         random.seed(self.seed)
         np.random.seed(self.seed % (2**32))
@@ -150,9 +152,18 @@ class Run:
         if "cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
+    @contextlib.contextmanager
+    def nested(self):
+        """Time inside this block (another run this one needs, made or reused) is not this run's."""
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self._nested += time.time() - t0
+
     # --- metrics and progress ----------------------------------------------------------------
     def log(self, step: int, **metrics) -> None:
-        line = {"step": int(step), "time": round(time.time() - self._start, 3)}
+        line = {"step": int(step), "time": round(time.time() - self._start - self._nested, 3)}
         line.update({k: _jsonable(v) for k, v in metrics.items()})
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
@@ -369,6 +380,7 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
             }, indent=2))
         run = Run(run_dir, recipe, method_name, verb, dev, resumed=resume is not None)
         _set_status(run_dir, "running", device=str(dev))
+        token = _CURRENT.set(run)
         try:
             metrics = pm.call(verb, method, recipe=recipe, run=run)
         except KeyboardInterrupt:
@@ -377,6 +389,8 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
         except BaseException:
             _set_status(run_dir, "failed")
             raise
+        finally:
+            _CURRENT.reset(token)
         metrics = {k: _jsonable(v) for k, v in (metrics or {}).items()}
         atomic_write_text(run_dir / "summary.json", json.dumps(metrics, indent=2))
         _set_status(run_dir, "finished")
@@ -428,9 +442,17 @@ def _set_status(run_dir: Path, status: str, **extra) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
-def cached_run(verb: str, method: str, recipe: str | None = None, overrides=(), device: str | None = "auto") -> Path:
+# the run whose method is executing in this thread, so that work nested in it (cached_run) can be
+# kept off its clock
+_CURRENT: contextvars.ContextVar[Run | None] = contextvars.ContextVar("toolbox_current_run", default=None)
+
+
+def cached_run(verb: str, method: str, recipe: str | None = None, overrides=(), device: str | None = "auto",
+               why: str = "", skip: str = "") -> Path:
     """Run a method once per resolved recipe and reuse the finished run (e.g. a default teacher).
 
+    When it makes the run it says so in one line on stderr: what it runs, ``why`` the caller needs it, where it is
+    cached, and ``skip`` (how to bring one's own instead). Time spent here is not the calling run's.
     Safe across processes: while another process makes the run, this one waits for it (saying so on
     stderr) and reuses the result; if that process died, this one continues its run with resume.
     """
@@ -439,8 +461,17 @@ def cached_run(verb: str, method: str, recipe: str | None = None, overrides=(), 
     m = plugins.load().registry.method(method, verb)
     _, text = recipes.load_recipe(m, recipe, overrides)
     run_dir = toolbox_home() / "cache" / "runs" / f"{method}-{recipes.recipe_hash(text)[:16]}"
-    if _finished(run_dir):
-        return run_dir
+    what = f"{verb} {method}" + (f" -r {recipe}" if recipe else "") + "".join(f" -o {o}" for o in overrides)
+    tail = "".join(f"; {t}" for t in (why, skip) if t)
+    outer = _CURRENT.get()
+    with outer.nested() if outer is not None else contextlib.nullcontext():
+        if _finished(run_dir):  # reused silently: run.json records where it came from
+            return run_dir
+        return _make_cached(verb, method, recipe, overrides, device, run_dir,
+                            f"running `toolbox {what}` once, cached in {run_dir} for later runs{tail}")
+
+
+def _make_cached(verb: str, method: str, recipe, overrides, device, run_dir: Path, announcement: str) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     def announce(holder):
@@ -450,6 +481,7 @@ def cached_run(verb: str, method: str, recipe: str | None = None, overrides=(), 
     with locks.hold(run_dir, on_wait=announce):
         if _finished(run_dir):
             return run_dir
+        print(announcement, file=sys.stderr, flush=True)
         # the nested run seeds the global RNGs; keep the caller's, so its results do not depend on
         # whether the cached run existed already
         with _preserved_rng():

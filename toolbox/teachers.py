@@ -14,7 +14,9 @@ def load_teacher(source: str, default_recipe: str, device):
     """-> artifacts.Loaded, frozen in eval mode. ``source`` empty: the supervised ``default_recipe``,
     trained once and then reused from the run cache."""
     if not source:
-        source = str(cached_run("train", "supervised", recipe=default_recipe, device=str(device)))
+        source = str(cached_run("train", "supervised", recipe=default_recipe, device=str(device),
+                                why="it is this run's default teacher",
+                                skip="--teacher RUN_OR_REF distils from your own"))
     try:
         loaded = artifacts.load_model(source, device=device)
     except UsageError as e:
