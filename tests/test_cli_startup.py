@@ -49,6 +49,21 @@ def test_command_does_not_import_torch(env, args):
     assert not result["torch"], f"`toolbox {' '.join(args)}` imported torch"
 
 
+@pytest.mark.parametrize("args, shown", [
+    (["train", "zskt", "--help"], ["--teacher TEXT", "[teacher.source; now ''", "--student TEXT",
+                                   "[student.arch; now 'wrn-16-1']", "--iterations INTEGER", "[iterations; now 300]"]),
+    (["distill", "kd", "--shots", "5", "--help"], ["--loss [ce|kd|at|kd+at]", "[data.shots; now 5]"]),
+    (["condense", "cifar10", "--ipc", "10", "--help"], ["recipe, condense/cifar10-dc-ipc10]", "[ipc; now 10]"]),
+    (["train", "mixup", "--help"], ["--alpha FLOAT", "[alpha; now 0.2]"]),  # a third-party plugin's options
+])
+def test_method_help_lists_its_options_with_type_key_and_value_without_torch(env, args, shown):
+    result = probe(env, *args)
+    assert result["exit_code"] == 0 and not result["torch"], result["output"]
+    text = " ".join(result["output"].split())  # unwrapped
+    missing = [s for s in shown if s not in text]
+    assert not missing, result["output"]
+
+
 def test_plugins_lists_the_example_plugin_without_torch(env):
     result = probe(env, "plugins", "--json")
     mixup = next(p for p in json.loads(result["output"]) if p["name"] == "mixup")

@@ -9,6 +9,7 @@ import click
 
 from ..errors import UsageError
 from .common import EXTRA, parse_extra, run_options, set_threads, threads_option
+from .method_help import MethodCommand
 
 
 def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resume, seed, threads, debug, target=None):
@@ -68,27 +69,27 @@ def _report(run_dir, metrics):
     click.echo(f"run directory: {run_dir}\nevaluate it:   toolbox evaluate {run_dir}")
 
 
-@click.command(context_settings=EXTRA)
+@click.command(cls=MethodCommand, context_settings=EXTRA)
 @click.argument("method", required=False)
 @run_options
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def train(ctx, method, extra, **kw):
-    """Train with METHOD (e.g. supervised, zskt). Method options: see `toolbox methods`."""
+    """Train with METHOD (e.g. supervised, zskt); `toolbox train METHOD --help` lists its options."""
     _execute(ctx, "train", method, extra, **kw)
 
 
-@click.command(context_settings=EXTRA)
+@click.command(cls=MethodCommand, context_settings=EXTRA)
 @click.argument("method", required=False)
 @run_options
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def distill(ctx, method, extra, **kw):
-    """Distil a teacher into a student with METHOD (e.g. kd, zskt)."""
+    """Distil a teacher into a student with METHOD (e.g. kd, zskt); `toolbox distill METHOD --help` lists its options."""
     _execute(ctx, "distill", method, extra, **kw)
 
 
-@click.command(context_settings=EXTRA)
+@click.command(cls=MethodCommand, context_settings=EXTRA)
 @click.argument("dataset", required=False)
 @click.option("--method", "method_name", default="dc", show_default=True, help="Condensation method (dc, dsa, dm, ...).")
 @run_options
