@@ -196,7 +196,9 @@ ROWS = [
     case("evaluate-config-classes-word", "evaluate", "word-classes", expect="'num_classes'", code=1),
     case("evaluate-config-unknown-arch", "evaluate", "unknown-arch", expect="names an architecture no installed plugin provides",
          code=1),
-    case("evaluate-config-unknown-method", "evaluate", "unknown-method", expect="unknown method 'nosuch'"),
+    # a plain classifier of an uninstalled method is evaluated by core (test_evaluate_without_plugin.py)
+    case("evaluate-config-unknown-method", "evaluate", "unknown-method",
+         expect="unknown-method was made by method 'nosuch', which is not available here; no installed plugin provides it"),
     case("evaluate-config-unknown-dataset", "evaluate", "unknown-dataset", expect="unknown dataset 'nosuch'"),
     case("evaluate-truncated-weights", "evaluate", "truncated", expect="is corrupt or truncated", code=1),
     case("evaluate-weights-of-another-arch", "evaluate", "other-arch", expect="weights do not match architecture", code=1),
@@ -327,7 +329,9 @@ def _build_fixtures(root: Path) -> None:
     model_folder("word-classes", num_classes="ten")
     model_folder("negative-shape", input_shape=[-1, 8, 8])
     model_folder("unknown-arch", architecture="nosuch")
-    model_folder("unknown-method", method="nosuch")
+    shutil.copytree(syn, root / "unknown-method")
+    syn_config = json.loads((syn / "config.json").read_text())
+    (root / "unknown-method" / "config.json").write_text(json.dumps({**syn_config, "method": "nosuch"}))
     model_folder("unknown-dataset", dataset="nosuch")
     model_folder("other-arch", architecture="convnet")
     model_folder("garbage-run-model")

@@ -295,7 +295,8 @@ class Run:
         info = json.loads((self.dir / "run.json").read_text())
         return save_model(self.dir, model, arch=arch, arch_kwargs=arch_kwargs, dataset=dataset,
                           method=self.method, metrics=metrics, extra=extra, prefix=prefix,
-                          provenance={k: info.get(k) for k in ("plugin", "plugin_version", "toolbox_version", "recipe_hash")})
+                          provenance={k: info.get(k) for k in ("plugin", "distribution", "plugin_version",
+                                                                   "toolbox_version", "recipe_hash")})
 
     def save_images(self, name: str, images, *, mean, std, nrow: int | None = None) -> Path:
         from .images import save_grid

@@ -60,7 +60,8 @@ def _report(run_dir, metrics):
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"finished: {run_dir}", show_header=True)
+    click.echo(f"finished\n  {run_dir}")  # on its own line: a table title would wrap the path mid-name
+    table = Table(show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
@@ -135,6 +136,8 @@ def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
     metric_method = pm.registry.methods.get(metric) if metric else None
     if metric_method is not None and "evaluate" in metric_method.verbs:
         method = metric_method
+    elif config.get("method") not in pm.registry.methods:
+        return _print_evaluation(_without_plugin(pm, src, config, options, device), config.get("method"), src, as_json)
     else:
         method = pm.registry.method(config.get("method", "?"), "evaluate")
     out_dir = Path(out) if out else (src.path / "eval" if src.repo is None else Path("runs") / "eval")
@@ -146,16 +149,50 @@ def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
         if created and not any(out_dir.iterdir()):  # a refused evaluation leaves no empty folder behind
             out_dir.rmdir()
         raise
-    result = dict(result or {})
+    _print_evaluation(dict(result or {}), method.name, src, as_json)
+
+
+def _without_plugin(pm, src, config: dict, options: dict, device) -> dict:
+    """An artifact whose method no installed plugin provides: core evaluates a plain classifier's
+    accuracy; anything else is refused, naming the distribution that made it."""
+    from .. import plugins, runs
+    from ..artifacts import MODEL_FORMAT
+    from ..classifier import evaluate_classifier
+
+    name = config.get("method") or "?"
+    dist = config.get("distribution") or _run_distribution(src.path)
+    failed = next((f for f in pm.failed if f.name == config.get("plugin")), None)
+    why = (f"its plugin failed to load ({plugins.format_failure(failed)})" if failed else
+           f"install its distribution: pip install {dist}" if dist else "no installed plugin provides it")
+    if config.get("format") != MODEL_FORMAT:
+        raise UsageError(f"{src.ref} was made by method '{name}', which is not available "
+                         f"here; {why}")
+    result = evaluate_classifier(src, options, runs.resolve_device(device), name)
+    result["notes"] = (f"method '{name}' is not available here ({why}); evaluated by core as a plain classifier: "
+                       "test accuracy only")
+    return result
+
+
+def _run_distribution(folder) -> str | None:
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(folder) / "run.json").read_text()).get("distribution")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _print_evaluation(result: dict, method_name: str, src, as_json: bool) -> None:
     result.setdefault("source", src.describe())
-    result.setdefault("method", method.name)
+    result.setdefault("method", method_name)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{method.name}: {source}")
+    click.echo(f"{method_name} evaluation of\n  {src.ref}")  # a path or ref on its own line: never wrapped mid-name
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result.get("metrics", {}).items():
