@@ -70,6 +70,7 @@ def test_push_pull_evaluate_round_trip_with_revisions(hub, tmp_path):
     env = _env(hub, tmp_path / "hf-empty")  # an empty cache
     pulled = toolbox(env, "pull", "org/digits-mlp")
     assert pulled.returncode == 0 and f"commit: {sha1}" in pulled.stdout, pulled.stdout + pulled.stderr
+    assert pulled.stderr == ""  # huggingface_hub's own "Fetching N files" bars are silenced
     path = pulled.stdout.split("path:")[1].split()[0]
     assert {"README.md", "config.json", "model.safetensors", "recipe.yaml", "metrics.jsonl"} <= set(os.listdir(path))
     card = open(os.path.join(path, "README.md")).read()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -65,12 +66,30 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+@contextlib.contextmanager
+def _our_progress(what: str):
+    """huggingface_hub's tqdm bars ("Fetching 3 files", one per file) print even for a cached
+    snapshot and wrap badly on narrow terminals: silence them and show one transient line of ours."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from rich.console import Console
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    quiet = os.environ.get("TOOLBOX_NO_PROGRESS") == "1"
+    try:
+        with contextlib.nullcontext() if quiet else Console(stderr=True).status(f"{what} (Hub)"):
+            yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
 def resolve_hub_ref(ref: str, repo_type: str = "model") -> Source:
     """Download (or find in the cache) a toolbox artifact; the Source carries the exact commit sha."""
     from huggingface_hub import HfApi, snapshot_download
 
     repo, revision, repo_type = parse_ref(ref, repo_type)
-    with hub_errors(repo, revision, repo_type):
+    with hub_errors(repo, revision, repo_type), _our_progress(f"fetching {repo}@{revision or 'main'}"):
         if _offline():
             path = snapshot_download(repo, repo_type=repo_type, revision=revision, allow_patterns=ALLOW,
                                      local_files_only=True)
@@ -187,7 +206,7 @@ def push(run_dir: Path, repo: str, *, private: bool = False, revision: str | Non
     except UsageError:
         paper = ""
     api = HfApi()
-    with hub_errors(repo, revision, repo_type):
+    with hub_errors(repo, revision, repo_type), _our_progress(f"{repo}: pushing {run_dir}"):
         api.create_repo(repo, repo_type=repo_type, private=private, exist_ok=True)
         if revision and not create_pr:
             api.create_branch(repo, branch=revision, repo_type=repo_type, exist_ok=True)
