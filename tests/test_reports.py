@@ -20,3 +20,22 @@ def test_paths_are_never_split_across_lines_at_80_columns(tmp_path, monkeypatch)
     assert evaluated.exit_code == 0, evaluated.output
     for result in (trained, evaluated):
         assert str(out) in [line.strip() for line in result.stdout.splitlines()], result.stdout
+
+
+def test_methods_and_plugins_listings_fit_80_columns_without_splitting_words(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("TERM", "dumb")
+    plugins.reset()
+    registry = plugins.load().registry
+    listing = CliRunner().invoke(cli, ["methods"])
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    words = set(listing.stdout.split())
+    for method in registry.methods.values():
+        assert any(line.startswith(f"{method.name}  (") for line in lines)
+        assert {f"--{name}" for name in method.options} <= words, method.name
+        assert not method.default_recipe or method.default_recipe in words
+    table = CliRunner().invoke(cli, ["plugins"])
+    assert table.exit_code == 0 and max(map(len, table.stdout.splitlines())) <= 80
+    assert {name for name in registry.methods} <= set(table.stdout.replace(",", " ").split())

@@ -58,9 +58,17 @@ def methods(as_json):
              "paper": m.paper} for m in sorted(reg.methods.values(), key=lambda m: m.name)]
     if as_json:
         return _json(rows)
-    _table("methods", ["name", "verbs", "plugin", "summary", "default recipe", "options"],
-           [(r["name"], ", ".join(r["verbs"]), r["plugin"], r["summary"], r["default_recipe"] or "",
-             " ".join(r["options"])) for r in rows])
+    # a block per method, not a six-column table: at 80 columns that wraps every cell mid-word
+    import shutil
+    import textwrap
+
+    width = min(shutil.get_terminal_size((80, 24)).columns, 100)
+    for r in rows:
+        click.echo(f"{r['name']}  ({', '.join(r['verbs'])}; plugin {r['plugin']})")
+        for text in (r["summary"], f"default recipe: {r['default_recipe'] or 'none'}",
+                     f"options: {' '.join(r['options']) or 'none'} (toolbox <verb> {r['name']} --help)"):
+            click.echo(textwrap.fill(text, width, initial_indent="    ", subsequent_indent="    ",
+                                     break_long_words=False, break_on_hyphens=False))
 
 
 @click.command()
