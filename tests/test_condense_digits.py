@@ -5,6 +5,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from helpers_runs import assert_curves
 from safetensors.torch import load_file
 
 from toolbox import plugins
@@ -29,6 +30,7 @@ def condense_and_compare(out, *args) -> tuple[dict, dict]:
     result = invoke("condense", "digits", "--out", out, *args, *CPU)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
+    assert_curves(out)
     result = invoke("evaluate", str(out), "--baselines", "random", "--json", *CPU)
     assert result.exit_code == 0, result.output
     return summary, json.loads(result.stdout)

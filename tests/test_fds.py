@@ -5,6 +5,7 @@ import weakref
 
 import pytest
 import torch
+from helpers_runs import assert_curves
 from toolbox_fds.flatnet import FlatNet
 from toolbox_fds.forward_mode import Hypers, batches, hypergradient, unroll, validation_gradient
 from toolbox_fds.outer import SignSteps
@@ -106,6 +107,7 @@ def test_learns_a_schedule_from_zero_learning_rates_to_95_percent(tmp_path):
     assert schedule["format"] == "toolbox-fds-schedule" and len(schedule["learning_rates"]) == 7
     assert min(schedule["learning_rates"]) > 0.05
     assert len(schedule["history"]) == len(outer) and (run_dir / "images" / "schedule.png").stat().st_size > 1000
+    assert_curves(run_dir, "lr_0", "test_accuracy", "retrain_test_accuracy")
     # the validation split is carved from the train split, seeded, and written down
     split = json.loads((run_dir / "val_split.json").read_text())
     n_train = len(data.load("digits").train_y)

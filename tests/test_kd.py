@@ -6,6 +6,7 @@ import pytest
 import toolbox_kd.method as kd_method
 import torch
 import torch.nn.functional as F
+from helpers_runs import assert_curves
 from toolbox_kd.features import FeatureTap
 from toolbox_kd.method import kd_objective
 from toolbox_kd.recipe import KDRecipe
@@ -158,3 +159,4 @@ def test_bf16_and_compiled_kd_runs_with_the_teacher_under_the_same_settings(digi
     assert json.loads((out / "run.json").read_text())["records"]["speed"] == {"amp": "bf16", "channels_last": False,
                                                                                "compile": True}
     assert 0 <= metrics["accuracy"] <= 1 and metrics["loss"] == metrics["loss"]
+    assert_curves(out, "train_loss")

@@ -2,6 +2,7 @@
 printed whole on a line of its own, never wrapped inside a table title."""
 
 from click.testing import CliRunner
+from helpers_runs import assert_curves
 
 from toolbox import plugins
 from toolbox.cli import cli
@@ -20,6 +21,7 @@ def test_paths_are_never_split_across_lines_at_80_columns(tmp_path, monkeypatch)
     assert evaluated.exit_code == 0, evaluated.output
     for result in (trained, evaluated):
         assert str(out) in [line.strip() for line in result.stdout.splitlines()], result.stdout
+    assert_curves(out, "train_loss", "accuracy", "lr")
 
 
 def test_methods_and_plugins_listings_fit_80_columns_without_splitting_words(monkeypatch):

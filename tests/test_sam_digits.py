@@ -5,6 +5,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from helpers_runs import assert_curves
 
 from toolbox.cli import cli
 
@@ -13,6 +14,7 @@ def _train(tmp_path, name, *args):
     result = CliRunner().invoke(cli, ["train", "sam", *args, "--out", str(tmp_path / name), "--device", "cpu",
                                       "--threads", "1"])
     assert result.exit_code == 0, result.output
+    assert_curves(tmp_path / name, "train_loss", "accuracy")
     return tmp_path / name
 
 

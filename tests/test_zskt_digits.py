@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers_runs import assert_curves
 from toolbox_zskt.game import Game
 
 import toolbox.data
@@ -63,6 +64,7 @@ def test_student_learns_digits_without_a_training_image(zero_shot_run, digits_te
     assert config["teacher"]["path"] == str(digits_teacher) and config["zskt"]["real_training_images_seen"] == 0
     records = json.loads((run_dir / "run.json").read_text())["records"]
     assert records["speed"] == {"channels_last": False, "amp": "fp32", "compile": False}
+    assert_curves(run_dir, "accuracy")
 
 
 def test_evaluate_accuracy_agreement_and_transition_curves(zero_shot_run, tmp_path):

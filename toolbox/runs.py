@@ -394,6 +394,9 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
             _CURRENT.reset(token)
         metrics = {k: _jsonable(v) for k, v in (metrics or {}).items()}
         atomic_write_text(run_dir / "summary.json", json.dumps(metrics, indent=2))
+        from .curves import write_curves
+
+        write_curves(run_dir, getattr(recipe, "expect", None), f"toolbox {verb} {method_name}: {run_dir.name}")
         _set_status(run_dir, "finished")
     return run_dir, metrics
 
