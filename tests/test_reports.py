@@ -41,3 +41,33 @@ def test_methods_and_plugins_listings_fit_80_columns_without_splitting_words(mon
     table = CliRunner().invoke(cli, ["plugins"])
     assert table.exit_code == 0 and max(map(len, table.stdout.splitlines())) <= 80
     assert {name for name in registry.methods} <= set(table.stdout.replace(",", " ").split())
+
+
+def test_the_summary_explains_each_number_and_show_repeats_it(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("COLUMNS", "120")
+    plugins.reset()
+    out = tmp_path / "run"
+    trained = CliRunner().invoke(cli, ["train", "supervised", "--arch", "mlp", "--epochs", "3", "--threads", "1",
+                                       "--device", "cpu", "--out", str(out)])
+    assert trained.exit_code == 0, trained.output
+    final = json.loads((out / "summary.json").read_text())["accuracy"]
+    text = " ".join(trained.stdout.split())
+    assert "fraction of the test split's images the final model classifies correctly" in text
+    assert "measured on the digits test split, 445 images" in text
+    assert "expected accuracy 0.97 (toolbox's own target on digits" in text
+    assert f"this run {final:.4f}, difference {final - 0.97:+.4f}" in text
+    assert "reported: the last" not in text  # the last epoch was the best: nothing to say
+    # a better value seen during training is named, and the last one is still the one reported
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 2, "accuracy": final + 0.001}) + "\n")
+    shown = CliRunner().invoke(cli, ["show", str(out)])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.stdout.split())
+    assert f"reported: the last accuracy ({final:.4f}); during training it reached {final + 0.001:.4f} at logged step 2" \
+        in text and f"{out / 'images' / 'curves.png'}" in shown.stdout.splitlines()[-1]
+    as_json = json.loads(CliRunner().invoke(cli, ["show", str(out), "--json"]).stdout)
+    assert as_json["best"]["value"] == final + 0.001 and as_json["test_images"] == 445
+    missing = CliRunner().invoke(cli, ["show", str(tmp_path / "nothing")])
+    assert missing.exit_code in (1, 2) and len(missing.stderr.splitlines()) == 1

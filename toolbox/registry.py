@@ -43,6 +43,8 @@ class Method:
     default_recipe: recipe name (see ``toolbox recipes``) or path used when no -r is given.
     options: extra CLI options (``--name value``) that are shortcuts for recipe keys.
     paper: citation shown in cards.
+    metrics: a few words on what each final metric the method reports means (shown in the run's
+    summary beside the value; toolbox.summary.COMMON covers accuracy, loss and the like).
     """
 
     name: str
@@ -52,6 +54,7 @@ class Method:
     default_recipe: str | None = None
     options: dict[str, Option] = field(default_factory=dict)
     paper: str = ""
+    metrics: dict[str, str] = field(default_factory=dict)
     # optional: (CLI option values, e.g. {"dataset": "cifar10", "ipc": "50"}) -> candidate recipe
     # names, best first; the first that exists is used, so `toolbox condense cifar10 --ipc 50`
     # starts from the matching paper recipe

@@ -22,6 +22,8 @@ def register_methods(register):
             "lrs": Option("hyper.num_lrs", "number of learning rates shared over the horizon (K)"),
         },
         paper="arXiv:2007.07869",
+        metrics={"accuracy": "test accuracy of a model retrained from scratch with the learned schedule",
+                 "outer_steps": "hyperparameter updates made", "converged": "whether the sign steps became small"},
     ))
 
 

@@ -21,6 +21,8 @@ def register_methods(register):
             "epochs": Option("schedule.epochs", "epochs of the full-data schedule (scaled up for few shots)"),
         },
         paper="Hinton et al. 2015 (arXiv:1503.02531); Zagoruyko & Komodakis 2017 (arXiv:1612.03928)",
+        metrics={"accuracy": "fraction of the test split the final student classifies correctly",
+                 "loss": "the distillation objective (CE, KD and/or AT terms), mean over the last epoch"},
     ))
 
 

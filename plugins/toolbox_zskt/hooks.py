@@ -20,6 +20,15 @@ def register_methods(register):
             "iterations": Option("iterations", "number of generator/student iterations"),
         },
         paper="arXiv:1905.09768",
+        metrics={
+            "accuracy": "fraction of the test split the zero-shot student classifies correctly (it never saw a "
+                        "training image)",
+            "agreement": "fraction of test images on which student and teacher predict the same class",
+            "dominant_class_fraction": "share of test images given the student's most frequent class "
+                                       "(near 1 = collapsed onto one class)",
+            "collapsed": "true when the student predicts (almost) one class or sits near chance: the game failed",
+            "iterations": "generator/student iterations run",
+        },
     ))
 
 

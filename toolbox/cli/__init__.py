@@ -92,6 +92,7 @@ def cli(debug):
     toolbox train zskt                            zero-shot knowledge transfer
     toolbox condense digits                       dataset condensation
     toolbox evaluate runs/<run>                   test a run's model or condensed set
+    toolbox show runs/<run>                       a run's results, what they mean, its images
     toolbox methods | plugins | recipes | models | datasets
     """
 
@@ -100,7 +101,7 @@ def _register():
     from . import inspect, operate, packages
 
     for command in (operate.train, operate.distill, operate.condense, operate.evaluate, operate.export,
-                    inspect.plugins, inspect.methods, inspect.models, inspect.datasets, inspect.recipes,
+                    inspect.plugins, inspect.methods, inspect.models, inspect.datasets, inspect.recipes, inspect.show,
                     packages.install, packages.uninstall):
         cli.add_command(command)
     try:

@@ -121,3 +121,23 @@ def recipes(pattern, as_json):
 
     _table("recipes", ["name", "method", "expects", "source"],
            [(r["name"], r["method"], expect(r["expect"]), (r["expect"] or {}).get("source", "")) for r in rows])
+
+
+@click.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--open", "open_images", is_flag=True, help="Open the run's images in this system's image viewer.")
+def show(run, as_json, open_images):
+    """A run's summary: final metrics and what they mean, the expected number, its images."""
+    from pathlib import Path
+
+    from ..artifacts import read_run_json
+    from ..summary import describe, print_summary
+
+    read_run_json(Path(run))  # not a run, or a garbage run.json: one line
+    if as_json:
+        return _json(describe(Path(run)))
+    print_summary(Path(run))
+    if open_images:
+        for image in describe(Path(run))["images"]:
+            click.launch(image)

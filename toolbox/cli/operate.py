@@ -57,17 +57,10 @@ def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resu
 
 
 def _report(run_dir, metrics):
-    from rich.console import Console
-    from rich.table import Table
+    from ..summary import print_summary
 
-    click.echo(f"finished\n  {run_dir}")  # on its own line: a table title would wrap the path mid-name
-    table = Table(show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
-    click.echo(f"run directory: {run_dir}\nevaluate it:   toolbox evaluate {run_dir}")
+    print_summary(run_dir)
+    click.echo(f"evaluate it: toolbox evaluate {run_dir}\nshow it again: toolbox show {run_dir}")
 
 
 @click.command(cls=MethodCommand, context_settings=EXTRA)
