@@ -274,6 +274,8 @@ ROWS = [
     case("datasets-bad-option", "datasets", "--all", expect="No such option '--all'"),
     case("recipes-two-patterns", "recipes", "a", "b", expect="Got unexpected extra argument (b)"),
     case("models-bad-option", "models", "--jsn", expect="No such option '--jsn'"),
+    case("show-not-a-run", "show", "mine", expect="is not a run directory (no run.json)"),
+    case("show-garbage-run-json", "show", "garbage-run", expect="run.json is not valid JSON", code=1),
     case("install-nothing", "install", expect="name a package or -e PATH"),
     case("install-bad-name", "install", "foo;rm -rf ~", expect="is not a package name"),
     case("install-option-as-name", "install", "--index-url=http://evil", expect="No such option"),
