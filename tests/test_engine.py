@@ -315,7 +315,8 @@ def test_the_plugin_tutorial_shows_the_example_plugins_training_code():
 @pytest.mark.parametrize("args", [
     ["train", "sam", "-o", "data.label_noise=0.2", "-o", "loop.clip_norm=1.0"],
     ["train", "supervised", "--arch", "mlp", "-o", "loop.accumulate=3", "-o", "loop.log_every=4"],
-], ids=["sam-clipped", "supervised-accumulated"])
+    ["train", "supervised", "--arch", "mlp", "-o", "data.loader=stream", "-o", "data.workers=2"],
+], ids=["sam-clipped", "supervised-accumulated", "supervised-streamed"])
 def test_killed_engine_runs_resume_exactly(monkeypatch, tmp_path, args):
     """tests/test_resume.py's check (interrupted at checkpoint 3, resumed: same metrics, history, weights)."""
     from test_resume import assert_resume_is_exact
