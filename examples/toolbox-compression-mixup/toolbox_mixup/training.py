@@ -50,7 +50,7 @@ def train_mixup(recipe, run) -> dict:
         return {"accuracy": accuracy(model, test_x, images.test_y, device=run.device)}
 
     # fit restores a --resume run's checkpoint and random generators itself, right before the first step
-    metrics = engine.Engine(run, model, opt, sched).fit(
+    metrics = engine.Engine(run, model, opt, sched, speed=recipe.speed).fit(
         batches, recipe.epochs, loss=loss, evaluate=evaluate, checkpoint_every=recipe.checkpoint_every or 1,
         title=f"mixup {recipe.model.arch} on {images.name}")
     metrics = {"train_loss": metrics["train_loss"], "accuracy": metrics["accuracy"]}
