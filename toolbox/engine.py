@@ -101,7 +101,8 @@ class LoaderBatches:
 
         order = torch.randperm(self.n, generator=self.generator)
         self._order.batches = [order[i * self.batch:(i + 1) * self.batch].tolist() for i in range(len(self))]
-        self._seeds.manual_seed(self.generator.initial_seed() + epoch)  # worker seeds a function of the epoch
+        # workers are seeded as they start (once, when persistent) from this, not from any run stream
+        self._seeds.manual_seed(self.generator.initial_seed() + epoch)
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=self.pinned), y.to(self.device, non_blocking=self.pinned)
 
