@@ -4,9 +4,9 @@ uninterrupted run (summary.json, metrics.jsonl without its times, the saved weig
 The killed run is its own process, SIGKILLed after its first checkpoint and before it finishes: at a
 seeded random metrics line plus a seeded random fraction of one step's time, so the kill lands anywhere
 in a step (between a metrics line and its checkpoint, during a checkpoint write, in a final evaluation
-or retraining, ...). For supervised it is a `python -m toolbox` process; for the others a fork of this
-one running the same CLI, which spares each case the ~5-15 s of importing torch, dynamo and sklearn
-again. The uninterrupted run and the resume run here through the CLI (one thread, CPU).
+or retraining, ...). For supervised (memory and stream: its DataLoader workers outlive the kill for a
+moment) it is a `python -m toolbox` process; for the others a fork of this one running the same CLI,
+which spares each case the ~5-15 s of importing torch, dynamo and sklearn again. The uninterrupted run and the resume run here through the CLI (one thread, CPU).
 """
 
 import json
@@ -52,6 +52,9 @@ def _cases(teacher):
     return {
         "supervised": (["train", "supervised"], ["model.arch=mlp", "epochs=10", "checkpoint_every=1"],
                        ["train", "supervised"], "model.safetensors", 1),
+        "supervised-stream": (["train", "supervised"], ["model.arch=mlp", "epochs=10", "checkpoint_every=1",
+                                                        "data.loader=stream", "data.workers=2"],
+                              ["train", "supervised"], "model.safetensors", 1),
         "sam": (["train", "sam"], ["epochs=8", "checkpoint_every=1"], ["train", "sam"], "model.safetensors", 1),
         "kd": (["distill", "kd", "-r", "kd/digits-kdat-m5"],
                [t, "schedule.scale_with_shots=false", "schedule.epochs=10", "schedule.milestones=[5]",
@@ -176,7 +179,7 @@ def assert_same_run(a: Path, b: Path, weights: str) -> None:
     assert json.loads((b / "run.json").read_text())["status"] == "finished"
 
 
-@pytest.mark.parametrize("name", ["supervised", "sam", "kd", "zskt", "dc", "dm", "fds"])
+@pytest.mark.parametrize("name", ["supervised", "supervised-stream", "sam", "kd", "zskt", "dc", "dm", "fds"])
 def test_kill_9_at_a_random_moment_then_resume_is_bit_identical(name, tmp_path, request):
     teacher = request.getfixturevalue("digits_teacher") if name in NEEDS_TEACHER else None
     command, overrides, resume, weights, tail = _cases(teacher)[name]
@@ -187,7 +190,7 @@ def test_kill_9_at_a_random_moment_then_resume_is_bit_identical(name, tmp_path, 
     assert result.exit_code == 0, result.output
 
     rng = random.Random(zlib.crc32(name.encode()))
-    kill_at_random([*args, "--out", str(killed), *CPU], killed, rng, _lines(straight), tail, fork=name != "supervised")
+    kill_at_random([*args, "--out", str(killed), *CPU], killed, rng, _lines(straight), tail, fork=not name.startswith("supervised"))
     assert json.loads((killed / "run.json").read_text())["status"] == "running"  # what kill -9 leaves
 
     result = cli_run.invoke(cli, [*resume, "--resume", str(killed), *CPU])

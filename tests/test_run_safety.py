@@ -3,6 +3,7 @@ a time (checked with real processes), --resume continues only the verb and metho
 a killed write's temporary file is cleared, and a checkpoint that no longer fits is one sentence.
 Every refused command leaves the file tree exactly as it was."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 
 from toolbox import locks, plugins, runs
 from toolbox.cli import cli
-from toolbox.errors import RunError
+from toolbox.errors import RunError, UsageError
 
 MLP = ["supervised", "--arch", "mlp", "--threads", "1", "--device", "cpu"]
 
@@ -242,6 +243,40 @@ def test_resume_of_a_run_another_process_is_writing_is_refused(tmp_path):
     assert result.exit_code == 0, result.output
     assert steps(run) == list(range(1, 16))  # each epoch logged once
     assert not (run / locks.LOCK_NAME).exists()
+
+
+FORKING_HOLDER = """
+import os, sys, time
+from toolbox import locks
+with locks.hold(sys.argv[1]):
+    child = os.fork()
+    if child == 0:  # a DataLoader worker, say: alive after its parent is killed, until it notices
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_lock_ends_with_its_holder_even_while_its_forked_children_live(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(run)], stdout=subprocess.PIPE, text=True,
+                              env=_env(tmp_path / "home"))
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(UsageError, match=f"is being written by process {holder.pid}"):
+            with locks.hold(run):
+                pass
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # still alive, with its copy of the lock's fd closed at the fork
+        with locks.hold(run):
+            assert json.loads((run / locks.LOCK_NAME).read_text())["pid"] == os.getpid()
+    finally:
+        holder.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 CACHED = """

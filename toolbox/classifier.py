@@ -1,4 +1,4 @@
-"""Training and testing one classifier with SGD (optionally SAM) on in-memory tensors, on the engine
+"""Training and testing one classifier with SGD (optionally SAM) on tensors, on the engine
 (toolbox.engine): the classifier behind supervised training and the methods that vary its data or optimiser."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def fit(recipe, run, real, train_x, train_y, title: str):
     device = run.device
     model = build_for(recipe.model.arch, spec, **recipe.model.kwargs).to(device)
     opt = engine.make_optimizer(model.parameters(), recipe.optim)
-    batches = engine.TensorBatches(train_x, train_y, recipe.data.batch_size, run.generator("data"), device)
+    batches = engine.make_batches(train_x, train_y, recipe.data, run.generator("data"), device)
     sched = make_scheduler(recipe, opt, engine.optimizer_steps(len(batches), recipe.loop.accumulate))
     trainer = engine.Engine(run, model, opt, sched, speed=recipe.speed, loop=recipe.loop)
     augment = _augmenter(recipe.data, run.generator("augment"))

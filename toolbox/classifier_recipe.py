@@ -5,12 +5,11 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from .engine import Loop
+from .engine import BatchSource, Loop
 from .recipes import (
     MAX_STEPS,
     ArchName,
     ArchSection,
-    BatchSize,
     Count,
     DatasetName,
     Float,
@@ -25,9 +24,8 @@ from .recipes import (
 from .sam import SAMSettings
 
 
-class ClassifierData(Section):
+class ClassifierData(BatchSource):  # batch_size, loader, workers: toolbox.engine.make_batches
     dataset: DatasetName = "digits"
-    batch_size: BatchSize = 64
     augment: Literal["none", "crop", "crop_flip"] = "none"
     crop_padding: Int(0, 1024) = 4
 

@@ -5,7 +5,7 @@ scheduler (``make_optimizer``/``make_scheduler`` read the recipe sections), hand
 source and either a loss (``loss(model, x, y)``) or a whole step (``step(engine, x, y)``: SAM's two
 passes), and the engine owns the rest::
 
-    batches = TensorBatches(x, y, batch_size, run.generator("data"), run.device)
+    batches = make_batches(x, y, recipe.data, run.generator("data"), run.device)
     engine = Engine(run, model, opt, sched, speed=recipe.speed, loop=recipe.loop)
     metrics = engine.fit(batches, recipe.epochs, loss=ce, evaluate=test_accuracy, title="...")
 
@@ -18,9 +18,12 @@ Torch is imported inside the functions: recipe schemas import ``Loop`` without i
 from __future__ import annotations
 
 import math
+from typing import Literal
+
+from pydantic import model_validator
 
 from .errors import UsageError
-from .recipes import Count, Float, Int, Section
+from .recipes import BatchSize, Count, Float, Int, Section
 
 
 class Loop(Section):
@@ -41,7 +44,7 @@ class TensorBatches:
     (the last one shorter).
 
     The engine needs only ``len(batches)`` (steps per epoch) and ``batches.epoch(e)`` (an iterable of
-    (x, y)); a DataLoader source offers the same two and draws its order from a run generator too.
+    (x, y)); LoaderBatches offers the same two and draws its order the same way.
     """
 
     def __init__(self, x, y, batch_size: int, generator, device):
@@ -60,6 +63,88 @@ class TensorBatches:
         for i in range(len(self)):
             idx = order[i * self.batch:(i + 1) * self.batch]
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)  # x[idx]'s values, a fast gather
+
+
+class LoaderBatches:
+    """Mini-batches of any map-style ``Dataset`` whose items are (x, y), through a ``DataLoader``: for data
+    that does not fit in memory, or whose items are decoded by worker processes.
+
+    The order is TensorBatches': one ``torch.randperm`` per epoch from ``generator``, drawn here in the
+    main process and handed to the loader as its batches of indices. So resume is exact (the generator's
+    state is what the checkpoint holds), workers draw nothing that decides the order, and over a
+    ``TensorDataset`` the batches equal TensorBatches' with the same generator. Items must not draw random
+    numbers in the workers (augment in the step, from a run generator). ``pin_memory`` applies on CUDA
+    only, where the copy to the device then overlaps the step.
+    """
+
+    def __init__(self, dataset, batch_size: int, generator, device, *, num_workers: int = 0,
+                 pin_memory: bool = True, prefetch_factor: int = 2, persistent_workers: bool = True):
+        import torch
+
+        self.n = len(dataset)
+        self.batch = min(batch_size, self.n)
+        self.generator, self.device = generator, torch.device(device)
+        self.pinned = pin_memory and self.device.type == "cuda"
+        self._order = _EpochOrder()
+        # the loader draws its workers' base seed from this generator at every new iterator, from the
+        # global RNG without one: that draw would shift the global stream that the methods use
+        self._seeds = torch.Generator()
+        workers = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers} if num_workers else {}
+        self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=self._order, num_workers=num_workers,
+                                                  pin_memory=self.pinned, generator=self._seeds, **workers)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch)
+
+    def epoch(self, epoch: int):
+        import torch
+
+        order = torch.randperm(self.n, generator=self.generator)
+        self._order.batches = [order[i * self.batch:(i + 1) * self.batch].tolist() for i in range(len(self))]
+        # workers are seeded as they start (once, when persistent) from this, not from any run stream
+        self._seeds.manual_seed(self.generator.initial_seed() + epoch)
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=self.pinned), y.to(self.device, non_blocking=self.pinned)
+
+
+class _EpochOrder:
+    """The loader's batch sampler: the index batches LoaderBatches.epoch set for the current epoch."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class BatchSource(Section):
+    """The keys of a ``data:`` section that choose how its batches are made (``make_batches``).
+    loader: ``memory`` keeps the whole split on the device and gathers each batch there (TensorBatches);
+    ``stream`` feeds it through a DataLoader (LoaderBatches) with ``workers`` worker processes."""
+
+    batch_size: BatchSize = 64
+    loader: Literal["memory", "stream"] = "memory"
+    workers: Int(0, 256) = 0
+
+    @model_validator(mode="after")
+    def _workers_need_a_stream(self):
+        if self.workers and self.loader == "memory":
+            raise UsageError(f"data.workers={self.workers} needs data.loader=stream (memory batches are gathered "
+                             "on the device, without workers); set data.loader=stream or data.workers=0")
+        return self
+
+
+def make_batches(x, y, data: BatchSource, generator, device):
+    """The batch source ``data`` (a BatchSource section) selects over the tensors ``x``, ``y``."""
+    if data.loader == "memory":
+        return TensorBatches(x, y, data.batch_size, generator, device)
+    import torch
+
+    return LoaderBatches(torch.utils.data.TensorDataset(x, y), data.batch_size, generator, device,
+                         num_workers=data.workers)
 
 
 # --- optimiser and schedule from recipe sections -------------------------------------------------

@@ -2,6 +2,8 @@
 
 The kernel drops a flock when its process ends, however it ends (crash, kill -9), so a lock file
 left behind by a dead process is stale by construction: the next process simply takes it over.
+Forked children (DataLoader workers) close their copies of the lock at once, or the lock would live
+on in them after their parent was killed.
 The file records the holder's pid and host, for the message that another process shows.
 """
 
@@ -91,7 +93,8 @@ def hold(run_dir: Path, on_wait: Callable[[dict | None], None] | None = None):
         try:
             yield
         finally:
-            _held[key][1] -= 1
+            if key in _held:  # else a forked child, which forgot the lock (_forget_in_child)
+                _held[key][1] -= 1
         return
     path = Path(run_dir) / LOCK_NAME
     fd = _lock_file(path, wait=False)
@@ -109,9 +112,23 @@ def hold(run_dir: Path, on_wait: Callable[[dict | None], None] | None = None):
     try:
         yield
     finally:
-        del _held[key]
-        # unlink while still holding, so a waiter that wakes on this file retries on a fresh one
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
+        if _held.pop(key, None) is not None:  # else a forked child: the file and the lock are its parent's
+            # unlink while still holding, so a waiter that wakes on this file retries on a fresh one
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.close(fd)
+
+
+def _forget_in_child() -> None:
+    """A flock lasts until the last fd of its open file closes, and a forked child inherits those fds:
+    closing the child's copies (never LOCK_UN, which would unlock the parent too) lets the lock end
+    with its holder, even while that holder's DataLoader workers are still shutting down."""
+    for fd, _ in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX, where flock exists
+    os.register_at_fork(after_in_child=_forget_in_child)
 

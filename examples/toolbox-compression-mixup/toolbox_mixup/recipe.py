@@ -2,41 +2,19 @@
 
 from typing import Literal
 
-from toolbox.recipes import (
-    ArchName,
-    ArchSection,
-    BatchSize,
-    Count,
-    DatasetName,
-    Float,
-    LearningRate,
-    Momentum,
-    RecipeBase,
-    Section,
-    WeightDecay,
-)
+from toolbox.classifier_recipe import Model, Optim
+from toolbox.engine import BatchSource
+from toolbox.recipes import Count, DatasetName, Float, RecipeBase
 
 
-class Data(Section):
+class Data(BatchSource):  # batch_size, loader, workers: read by toolbox.engine.make_batches
     dataset: DatasetName = "digits"
-    batch_size: BatchSize = 64
-
-
-class Model(ArchSection):
-    arch: ArchName = "mlp"
-    kwargs: dict = {}
-
-
-class Optim(Section):
-    lr: LearningRate = 0.05
-    momentum: Momentum = 0.9
-    weight_decay: WeightDecay = 1e-4
 
 
 class MixupRecipe(RecipeBase):
     method: Literal["mixup"] = "mixup"
     data: Data = Data()
-    model: Model = Model()
-    optim: Optim = Optim()
+    model: Model = Model(arch="mlp")  # core's sections: arch + kwargs; SGD lr, momentum, weight_decay, nesterov
+    optim: Optim = Optim(lr=0.05, weight_decay=1e-4)
     alpha: Float(ge=0, le=100) = 0.2  # lambda ~ Beta(alpha, alpha); the paper uses 0.2 on ImageNet, 1.0 on CIFAR
     epochs: Count = 20

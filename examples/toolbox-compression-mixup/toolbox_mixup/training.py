@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from toolbox import artifacts, data, engine
+from toolbox import data, engine
+from toolbox.classifier import evaluate_accuracy
 from toolbox.errors import UsageError
-from toolbox.evaluation import accuracy
-from toolbox.registry import current
+from toolbox.evaluation import accuracy, check_options
+from toolbox.models import build_for
 
 
 def mixup_batch(x, y, alpha: float, generator):
@@ -21,7 +22,7 @@ def mixup_batch(x, y, alpha: float, generator):
     if alpha <= 0:
         return x, y, y, 1.0
     # torch.distributions takes no generator: lambda comes from the global torch RNG, which
-    # run.save_checkpoint stores and --resume restores like the named generators
+    # checkpoints store and --resume restores like the run generators
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(len(x), generator=generator).to(x.device)
     return lam * x + (1 - lam) * x[perm], y, y[perm], lam
@@ -33,25 +34,23 @@ def mixup_loss(logits, y_a, y_b, lam: float):
 
 def train_mixup(recipe, run) -> dict:
     images = data.load(recipe.data.dataset)               # float32 [N,C,H,W] in [0,1] + int64 labels
-    c, _, size = images.shape
-    model = current().architecture(recipe.model.arch)(num_classes=images.num_classes, in_channels=c,
-                                                      image_size=size, **recipe.model.kwargs).to(run.device)
+    model = build_for(recipe.model.arch, images.spec, **recipe.model.kwargs).to(run.device)
     opt = engine.make_optimizer(model.parameters(), recipe.optim)
-    batches = engine.TensorBatches(images.normalize(images.train_x), images.train_y, recipe.data.batch_size,
-                                   run.generator("data"), run.device)   # a new permutation every epoch
+    batches = engine.make_batches(images.normalize(images.train_x), images.train_y, recipe.data,
+                                  run.generator("data"), run.device)   # a new permutation every epoch
     sched = engine.make_scheduler(opt, "cosine", recipe.epochs * len(batches), len(batches))
-    pair_gen = run.generator("mixup")                     # saved with checkpoints, restored on --resume
+    pairs = run.generator("mixup")                        # saved with checkpoints, restored on --resume
     test_x = images.normalize(images.test_x)
 
     def loss(model, x, y):                                # the only part that is mixup's own
-        x, y_a, y_b, lam = mixup_batch(x, y, recipe.alpha, pair_gen)   # lam ~ Beta: global torch RNG
+        x, y_a, y_b, lam = mixup_batch(x, y, recipe.alpha, pairs)
         return mixup_loss(model(x), y_a, y_b, lam)
 
     def evaluate(model):
         return {"accuracy": accuracy(model, test_x, images.test_y, device=run.device)}
 
-    # the engine restores a --resume run's checkpoint (and RNG states) itself, right before training
-    metrics = engine.Engine(run, model, opt, sched).fit(
+    # fit restores a --resume run's checkpoint and random generators itself, right before the first step
+    metrics = engine.Engine(run, model, opt, sched, speed=recipe.speed).fit(
         batches, recipe.epochs, loss=loss, evaluate=evaluate, checkpoint_every=recipe.checkpoint_every or 1,
         title=f"mixup {recipe.model.arch} on {images.name}")
     metrics = {"train_loss": metrics["train_loss"], "accuracy": metrics["accuracy"]}
@@ -61,10 +60,7 @@ def train_mixup(recipe, run) -> dict:
 
 
 def evaluate_model(source, options: dict, device) -> dict:
-    metric = options.get("metric") or "accuracy"
-    if metric != "accuracy":
-        raise UsageError(f"mixup models support --metric accuracy, not '{metric}'")
-    loaded = artifacts.load_model(source, device=device)
-    test = data.load(loaded.config["dataset"])
-    acc = accuracy(loaded.model, test.test_x, test.test_y, mean=loaded.mean, std=loaded.std, device=device)
-    return {"metrics": {"accuracy": acc}, "dataset": test.name, "alpha": loaded.config.get("alpha")}
+    check_options(options, (), "evaluating a mixup model")
+    if (options.get("metric") or "accuracy") != "accuracy":
+        raise UsageError(f"mixup models support --metric accuracy, not '{options['metric']}'")
+    return evaluate_accuracy(source, device, ("alpha",))  # test accuracy and error, with the model's alpha
