@@ -43,7 +43,7 @@ def train(recipe, run):
 
 
 @hookimpl
-def evaluate(source, options, device):
-    from .training import evaluate_model
+def evaluate(method, source, options, device):
+    from toolbox.classifier import evaluate_classifier  # the artifact is a plain classifier
 
-    return evaluate_model(source, options, device)
+    return evaluate_classifier(source, options, device, method, config_keys=("alpha",))

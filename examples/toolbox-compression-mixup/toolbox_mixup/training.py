@@ -1,4 +1,4 @@
-"""mixup training and evaluation of the resulting classifier, on toolbox's public API only.
+"""mixup training on toolbox's public API only (its models are plain classifiers: core evaluates them).
 
 mixup (Zhang et al. 2018, eq. 1): for a batch (x, y) and a random pairing ``perm`` of it, draw
 lambda ~ Beta(alpha, alpha), train on x~ = lambda x + (1 - lambda) x[perm] with the loss
@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from toolbox import data, engine
-from toolbox.classifier import evaluate_accuracy
-from toolbox.errors import UsageError
-from toolbox.evaluation import accuracy, check_options
+from toolbox.evaluation import accuracy
 from toolbox.models import build_for
 
 
@@ -58,9 +56,3 @@ def train_mixup(recipe, run) -> dict:
                    metrics=metrics, extra={"alpha": recipe.alpha})
     return metrics
 
-
-def evaluate_model(source, options: dict, device) -> dict:
-    check_options(options, (), "evaluating a mixup model")
-    if (options.get("metric") or "accuracy") != "accuracy":
-        raise UsageError(f"mixup models support --metric accuracy, not '{options['metric']}'")
-    return evaluate_accuracy(source, device, ("alpha",))  # test accuracy and error, with the model's alpha
