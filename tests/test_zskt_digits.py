@@ -2,6 +2,7 @@
 image, exact resume, one-line errors for bad input, and the evaluate hook (accuracy, transition curves)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -128,13 +129,25 @@ def test_student_without_group_outputs_is_one_line_usage_error(digits_teacher, t
     assert result.output.strip().count("\n") == 0 and "'mlp' exposes no group outputs" in result.output
 
 
-def test_distill_verb_runs_the_same_method(digits_teacher, tmp_path):
+def test_distill_verb_runs_the_same_method(digits_teacher, tmp_path, monkeypatch):
+    saved = {}
+    real_save = runs.Run.save_images
+
+    def spy(run, name, images, **kwargs):
+        saved[name] = kwargs
+        return real_save(run, name, images, **kwargs)
+
+    monkeypatch.setattr(runs.Run, "save_images", spy)
     run_dir, metrics = runs.execute("distill", "zskt", "zskt/digits",
                                     [f"teacher.source={digits_teacher}", "student.arch=wrn-10-1", "iterations=2",
                                      "batch_size=8", "student_steps=1"], out=tmp_path / "d", device="cpu")
     info = json.loads((run_dir / "run.json").read_text())
     assert info["verb"] == "distill" and info["status"] == "finished"
     assert metrics["iterations"] == 2 and (run_dir / "model.safetensors").is_file()
+    # the samples grid says which class the teacher sees in each tile, how sure it is, and when
+    labels = saved["samples"]["labels"]
+    assert len(labels) == 8 and all(re.fullmatch(r"\d \d{1,3}%", label) for label in labels), labels
+    assert "after iteration 2" in saved["samples"]["title"] and (run_dir / "images" / "samples.png").is_file()
 
 
 def _short(teacher, *extra):

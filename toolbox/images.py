@@ -6,7 +6,12 @@ import math
 from pathlib import Path
 
 
-def save_grid(path: Path, images, *, mean, std, nrow: int | None = None, pad: int = 1) -> Path:
+def save_grid(path: Path, images, *, mean, std, nrow: int | None = None, pad: int = 1,
+              labels: list[str] | None = None, title: str | None = None) -> Path:
+    """The images de-normalised in a grid of ``nrow`` per row; with ``labels``, each tile's label is
+    written under it, and ``title`` above the grid (a figure then, instead of bare pixels)."""
+    if labels is not None or title is not None:
+        return _labelled_grid(Path(path), images, mean=mean, std=std, nrow=nrow, labels=labels, title=title)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,4 +37,42 @@ def save_grid(path: Path, images, *, mean, std, nrow: int | None = None, pad: in
     if scale > 1:
         array = array.repeat(scale, 0).repeat(scale, 1)
     plt.imsave(path, array, cmap="gray" if c == 1 else None, vmin=0.0, vmax=1.0)
+    return path
+
+
+def _labelled_grid(path: Path, images, *, mean, std, nrow, labels, title) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    x = images.detach().float().cpu()
+    x = (x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)).clamp(0, 1)
+    n = x.shape[0]
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    import textwrap
+
+    tile = 0.9 if labels is None else 1.05  # inches: room for a label under each tile
+    title = textwrap.fill(title, max(24, int(tile * nrow * 13))) if title else ""  # ~13 characters an inch at 9 pt
+    head = 0.2 * (title.count("\n") + 1) + 0.1 if title else 0.0
+    height = tile * rows + head
+    fig, axes = plt.subplots(rows, nrow, figsize=(tile * nrow, height), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        img = x[i, 0].numpy() if x.shape[1] == 1 else x[i].permute(1, 2, 0).numpy()
+        ax.imshow(img, cmap="gray" if x.shape[1] == 1 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+        if labels is not None:
+            ax.set_xlabel(labels[i], fontsize=7, labelpad=2)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - head / height))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path

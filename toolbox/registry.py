@@ -114,6 +114,10 @@ class DatasetSpec:
     is_present: Callable[[], bool] | None = None
     location: Callable[[], str] | None = None
     plugin: str = ""
+    classes: tuple[str, ...] = ()  # class names by label; empty: the labels' numbers
+
+    def class_name(self, label: int) -> str:
+        return self.classes[label] if label < len(self.classes) else str(label)
 
     def load_arrays(self):
         return resolve(self.load)()

@@ -298,10 +298,13 @@ class Run:
                           provenance={k: info.get(k) for k in ("plugin", "distribution", "plugin_version",
                                                                    "toolbox_version", "recipe_hash")})
 
-    def save_images(self, name: str, images, *, mean, std, nrow: int | None = None) -> Path:
+    def save_images(self, name: str, images, *, mean, std, nrow: int | None = None, labels: list[str] | None = None,
+                    title: str | None = None) -> Path:
+        """images/<name>.png; ``labels`` under each tile and a ``title`` make it a labelled figure."""
         from .images import save_grid
 
-        return save_grid(self.dir / "images" / f"{name}.png", images, mean=mean, std=std, nrow=nrow)
+        return save_grid(self.dir / "images" / f"{name}.png", images, mean=mean, std=std, nrow=nrow, labels=labels,
+                         title=title)
 
     def save_figure(self, name: str, fig) -> Path:
         path = self.dir / "images" / f"{name}.png"

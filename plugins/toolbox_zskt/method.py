@@ -101,12 +101,12 @@ def train_zskt(recipe, run) -> dict:
                          "loss_generator": loss_g}
                 run.log(done, **shown, lr_student=sched_s.get_last_lr()[0], lr_generator=sched_g.get_last_lr()[0])
             if sampled:
-                run.save_images(f"samples-{done:07d}", out["images"][:64], mean=spec.mean, std=spec.std)
+                _save_samples(run, f"samples-{done:07d}", out["images"][:64], teacher, spec, done)
             if saved:
                 run.save_checkpoint({k: v.state_dict() for k, v in game.stateful().items()}, done)
             bar.update(1, **shown)
     if out is not None:
-        run.save_images("samples", out["images"][:64], mean=spec.mean, std=spec.std)
+        _save_samples(run, "samples", out["images"][:64], teacher, spec, n)
 
     final = prediction_health(student, test_x, test_y, teacher, spec.num_classes, device)
     if final["collapsed"]:
@@ -129,6 +129,18 @@ def _check_teacher_dataset(config: dict, spec) -> None:
                          f"{spec.name} {list(spec.shape)}; use a teacher of this dataset or set data.dataset")
     if config["num_classes"] != spec.num_classes:
         raise UsageError(f"the teacher predicts {config['num_classes']} classes but {spec.name} has {spec.num_classes}")
+
+
+@torch.no_grad()
+def _save_samples(run, name: str, images, teacher, spec, iteration: int) -> None:
+    """The generator's images with the class the teacher sees in each and how sure it is: what the
+    student is taught from, in the form a person can judge."""
+    probs = teacher(images.float()).float().softmax(-1)
+    conf, label = probs.max(-1)
+    labels = [f"{spec.class_name(int(c))} {p:.0%}" for c, p in zip(label.tolist(), conf.tolist())]
+    run.save_images(name, images, mean=spec.mean, std=spec.std, labels=labels,
+                    title=f"ZSKT generator samples after iteration {iteration}: the teacher's class and confidence "
+                          "under each")
 
 
 def _game(recipe, speed, generator, student, teacher, opt_g, opt_s, sched_g, sched_s) -> Game:

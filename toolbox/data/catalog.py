@@ -26,10 +26,28 @@ _STATS = {
 }
 
 
+# class names by label, as the datasets' own documentation lists them (CIFAR-100: its fine labels)
+DIGITS = tuple(str(d) for d in range(10))
+_CLASSES = {
+    "digits": DIGITS, "mnist": DIGITS, "svhn": DIGITS,
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "cifar100": tuple("""apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+        butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile
+        cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower
+        leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter
+        palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket
+        rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper
+        table tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf
+        woman worm""".split()),
+}
+
+
 def _on_disk(name: str, num_classes: int, shape: tuple[int, int, int], summary: str) -> DatasetSpec:
     mean, std = _STATS[name]
     return DatasetSpec(
-        name=name, num_classes=num_classes, shape=shape, mean=mean, std=std,
+        name=name, num_classes=num_classes, shape=shape, mean=mean, std=std, classes=_CLASSES[name],
         load=f"{READERS}:load_{name.replace('-', '_')}", summary=summary, folder=name,
         files=download.file_names(name),
         is_present=partial(download.present, name), location=partial(download.location, name),
@@ -41,6 +59,7 @@ def datasets() -> list[DatasetSpec]:
     return [
         DatasetSpec(
             name="digits", num_classes=10, shape=(1, 8, 8), mean=mean, std=std, load=f"{READERS}:load_digits",
+            classes=_CLASSES["digits"],
             summary="scikit-learn's 8x8 digits (embedded): 1352 train / 445 test, fixed stratified split",
         ),
         _on_disk("mnist", 10, (1, 28, 28), "MNIST handwritten digits, 60k train / 10k test (IDX files)"),
