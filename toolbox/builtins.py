@@ -24,6 +24,18 @@ def register_architectures(register):
 
 
 @hookimpl
+def register_loggers(register):
+    from .registry import Logger
+
+    register(Logger("tensorboard", "toolbox.trackers:open_tensorboard",
+                    "TensorBoard event files in <run>/tensorboard (tensorboard --logdir <run>)",
+                    install="toolbox-compression[tensorboard]"))
+    register(Logger("mlflow", "toolbox.trackers:open_mlflow",
+                    "an MLflow run (MLFLOW_TRACKING_URI, or a file store in <run>/mlruns) with params, metrics, images",
+                    install="toolbox-compression[mlflow]"))
+
+
+@hookimpl
 def register_recipes(register):
     from importlib.resources import files
 

@@ -48,6 +48,17 @@ def register_datasets(register):
 
 
 @hookspec
+def register_loggers(register):
+    """Register metrics sinks: ``register(toolbox.registry.Logger(name, open, summary, install))``.
+
+    ``toolbox train ... --log NAME`` opens the sink when the run starts (``open(run_dir, info)``, info
+    being run.json's content) and sends it every ``run.log(step, **metrics)`` (``sink.log(step,
+    metrics)``) and ``sink.close()`` at the end; metrics.jsonl is written either way. Core registers
+    ``tensorboard`` and ``mlflow``.
+    """
+
+
+@hookspec
 def register_recipes(register):
     """Register folders of recipe YAML files: ``register(path)`` (a Path or importlib Traversable).
 

@@ -119,6 +119,7 @@ class Plugins:
         kinds = [("register_recipes", lambda plugin: lambda root: self.registry.recipe_roots.append((plugin, root))),
                  ("register_datasets", lambda plugin: lambda ds: self.registry.add_dataset(ds, plugin)),
                  ("register_architectures", lambda plugin: lambda a: self.registry.add_architecture(a, plugin)),
+                 ("register_loggers", lambda plugin: lambda lg: self.registry.add_logger(lg, plugin)),
                  ("register_methods", lambda plugin: lambda m: self.registry.add_method(m, plugin))]
         for hook, make_register in kinds:
             for impl in getattr(self.pm.hook, hook).get_hookimpls():  # registration order: core first

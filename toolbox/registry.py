@@ -81,6 +81,20 @@ def recipes_by_dataset_and_arch(prefix: str) -> Callable[[dict], list[str]]:
 
 
 @dataclass
+class Logger:
+    """A metrics sink a run also writes to (``--log NAME``), beside metrics.jsonl, which stays the
+    source of truth. ``open(run_dir, info)`` (callable or "module:function") returns an object with
+    ``log(step, metrics)`` and ``close()``; ``info`` is run.json's content. ``install``: the pip
+    requirement that brings what it needs, named when it is missing."""
+
+    name: str
+    open: Callable[..., Any] | str
+    summary: str = ""
+    install: str = ""
+    plugin: str = ""
+
+
+@dataclass
 class Architecture:
     """A model constructor: ``build(num_classes=..., in_channels=..., image_size=..., **kwargs)``."""
 
@@ -136,6 +150,7 @@ class Registry:
         self.methods: dict[str, Method] = {}
         self.architectures: dict[str, Architecture] = {}
         self.datasets: dict[str, DatasetSpec] = {}
+        self.loggers: dict[str, Logger] = {}
         self.recipe_roots: list[tuple[str, Any]] = []  # (plugin, folder as Path or Traversable)
         # name -> message; a name claimed by two plugins is usable by neither (no silent override)
         self.conflicts: dict[str, str] = {}
@@ -165,6 +180,12 @@ class Registry:
 
     def add_dataset(self, ds: DatasetSpec, plugin: str):
         self._add(self.datasets, "dataset", ds, plugin)
+
+    def add_logger(self, logger: Logger, plugin: str):
+        self._add(self.loggers, "logger", logger, plugin)
+
+    def logger(self, name: str) -> Logger:
+        return self._lookup(self.loggers, name, "logger")
 
     def method(self, name: str, verb: str | None = None) -> Method:
         m = self._lookup(self.methods, name, "method")

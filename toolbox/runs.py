@@ -111,6 +111,7 @@ class Run:
         self._generators: dict[str, Any] = {}
         self._start = time.time()
         self._nested = 0.0  # seconds spent in nested runs (a default teacher), not this run's own time
+        self._sinks: dict[str, Any] = {}  # --log trackers, mirrors of metrics.jsonl
         torch.manual_seed(self.seed)
         random.seed(self.seed)
         np.random.seed(self.seed % (2**32))
@@ -167,6 +168,32 @@ class Run:
         line.update({k: _jsonable(v) for k, v in metrics.items()})
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
+        for name, sink in list(self._sinks.items()):
+            try:
+                sink.log(int(step), line)
+            except Exception as e:  # a tracker that fails (server gone) must not end a run whose metrics are on disk
+                del self._sinks[name]
+                print(f"warning: --log {name} stopped ({type(e).__name__}: {e}); metrics.jsonl has every value",
+                      file=sys.stderr, flush=True)
+
+    def open_loggers(self, names) -> None:
+        """Start the --log sinks (recorded in run.json, so --resume reopens them)."""
+        from .registry import current, resolve
+
+        info = json.loads((self.dir / "run.json").read_text())
+        for name in names:
+            logger = current().logger(name)
+            sink = resolve(logger.open)(self.dir, info)
+            self._sinks[name] = sink
+            self.record(loggers=list(self._sinks), **(sink.record() if hasattr(sink, "record") else {}))
+
+    def close_loggers(self, status: str) -> None:
+        for name, sink in list(self._sinks.items()):
+            try:
+                sink.close(status)
+            except Exception as e:  # as in log: the run's own files are complete
+                print(f"warning: closing --log {name} failed ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+        self._sinks.clear()
 
     def progress(self, total: int, description: str, start: int = 0) -> Progress:
         return Progress(total, description, start)
@@ -342,7 +369,7 @@ def _default_dir(verb: str, method: str, recipe) -> Path:
 
 
 def execute(verb: str, method_name: str, recipe_ref: str | None = None, overrides=(), out: str | Path | None = None,
-            device: str | None = "auto", resume: str | Path | None = None) -> tuple[Path, dict]:
+            device: str | None = "auto", resume: str | Path | None = None, log=()) -> tuple[Path, dict]:
     """Run ``method_name`` through ``verb`` (train/distill/condense) and return (run dir, final metrics).
 
     With ``resume``, the run's saved verb and method must match ``verb`` and ``method_name`` (empty: any
@@ -351,11 +378,14 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
     from . import plugins, recipes
 
     pm = plugins.load()
+    for name in log:
+        pm.registry.logger(name)  # an unknown tracker is refused before anything is written
     if resume is not None:
         run_dir = Path(resume)
         info = _resumable_info(run_dir, verb, method_name)
         verb, method_name = info["verb"], info["method"]
         method = pm.registry.method(method_name, verb)
+        log = list(dict.fromkeys([*((info.get("records") or {}).get("loggers") or []), *log]))
     else:
         method = pm.registry.method(method_name, verb)
         recipe, text = recipes.load_recipe(method, recipe_ref, overrides)
@@ -384,14 +414,17 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
             }, indent=2))
         run = Run(run_dir, recipe, method_name, verb, dev, resumed=resume is not None)
         _set_status(run_dir, "running", device=str(dev))
+        run.open_loggers(log)
         token = _CURRENT.set(run)
         try:
             metrics = pm.call(verb, method, recipe=recipe, run=run)
         except KeyboardInterrupt:
             _set_status(run_dir, "interrupted")
+            run.close_loggers("interrupted")
             raise RunError(f"interrupted; continue from the last checkpoint with: toolbox {verb} --resume {run_dir}") from None
         except BaseException:
             _set_status(run_dir, "failed")
+            run.close_loggers("failed")
             raise
         finally:
             _CURRENT.reset(token)
@@ -400,6 +433,7 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
         from .curves import write_curves
 
         write_curves(run_dir, getattr(recipe, "expect", None), f"toolbox {verb} {method_name}: {run_dir.name}")
+        run.close_loggers("finished")
         _set_status(run_dir, "finished")
     return run_dir, metrics
 

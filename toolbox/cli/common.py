@@ -17,6 +17,8 @@ def run_options(f):
         click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: runs/<verb>-<method>-...)."),
         click.option("--resume", type=click.Path(file_okay=False), help="Continue a killed run from its last checkpoint."),
         click.option("--seed", type=int, help="Shortcut for -o seed=N."),
+        click.option("--log", "log", multiple=True, metavar="TRACKER",
+                     help="Also send metrics to a tracker: tensorboard, mlflow or a plugin's (repeatable)."),
         threads_option(),
         click.option("--debug", is_flag=True, help="Show full tracebacks."),
     ]

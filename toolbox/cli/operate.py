@@ -12,7 +12,8 @@ from .common import EXTRA, parse_extra, run_options, set_threads, threads_option
 from .method_help import MethodCommand
 
 
-def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resume, seed, threads, debug, target=None):
+def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resume, seed, threads, debug, log=(),
+             target=None):
     from .. import plugins, recipes, runs
 
     ctx.meta["debug"] = debug
@@ -24,7 +25,7 @@ def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resu
         from ..artifacts import read_run_json
 
         read_run_json(resume)  # a missing or garbage run.json is one line, before anything runs
-        run_dir, metrics = runs.execute(verb, method_name or "", device=device, resume=resume)
+        run_dir, metrics = runs.execute(verb, method_name or "", device=device, resume=resume, log=log)
         return _report(run_dir, metrics)
     if not method_name:
         raise UsageError(f"name a method: toolbox {verb} METHOD (see `toolbox methods`), or --resume RUN_DIR")
@@ -52,7 +53,7 @@ def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resu
             raise UsageError(f"method '{method.name}' has no option '--{name.replace('_', '-')}'")
         option_overrides.append(f"{opt.key}={'true' if value is True else value}")
     all_overrides = option_overrides + ([f"seed={seed}"] if seed is not None else []) + list(overrides)
-    run_dir, metrics = runs.execute(verb, method.name, recipe, all_overrides, out=out, device=device)
+    run_dir, metrics = runs.execute(verb, method.name, recipe, all_overrides, out=out, device=device, log=log)
     _report(run_dir, metrics)
 
 
