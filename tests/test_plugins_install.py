@@ -1,6 +1,7 @@
-"""A third-party plugin end to end, in a fresh virtual environment: `toolbox install` the example
-plugin examples/toolbox-compression-mixup, see it in `toolbox plugins` and `toolbox recipes`, train and evaluate
-with it, `toolbox uninstall` it.
+"""A third-party plugin end to end, in a fresh virtual environment: `toolbox install` the plugin
+docs/plugins.md's tutorial prints (its files written from the tutorial's blocks, exactly as printed:
+the example in examples/toolbox-compression-mixup is the same), see it in `toolbox plugins` and
+`toolbox recipes`, train and evaluate with it, `toolbox uninstall` it.
 
 Offline by construction: pip reads no config file and no index, builds without isolation and installs
 no dependencies, so a step that would need the network fails instead of downloading.
@@ -9,7 +10,7 @@ no dependencies, so a step that would need the network fails instead of download
 import importlib.util
 import json
 import os
-import shutil
+import re
 import site
 import subprocess
 import sys
@@ -46,6 +47,20 @@ def venv(tmp_path):
     return python, env
 
 
+def tutorial_package(folder: Path) -> Path:
+    """The package the tutorial prints: each `<!-- file: PATH -->` block written to PATH, plus the two
+    files its layout describes in words (README.md: any text; __init__.py: may be empty)."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    blocks = re.findall(r"^<!-- file: (\S+) -->\n```\w*\n(.*?)^```$", text, flags=re.M | re.S)
+    assert {"pyproject.toml", "toolbox_mixup/hooks.py", "toolbox_mixup/training.py"} <= {p for p, _ in blocks}
+    for path, body in blocks:
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(body)
+    (folder / "README.md").write_text("mixup, from the tutorial\n")
+    (folder / "toolbox_mixup" / "__init__.py").write_text("")
+    return folder
+
+
 def test_install_list_train_evaluate_and_uninstall_a_plugin(venv, tmp_path):
     python, env = venv
 
@@ -56,9 +71,7 @@ def test_install_list_train_evaluate_and_uninstall_a_plugin(venv, tmp_path):
             assert result.returncode == 0, result.stdout + result.stderr
         return result
 
-    # a copy: building writes build/ and *.egg-info next to the sources
-    source = shutil.copytree(EXAMPLE, tmp_path / "toolbox-compression-mixup",
-                             ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    source = tutorial_package(tmp_path / "toolbox-compression-mixup")
     toolbox("install", "--no-deps", str(source))
 
     listed = {p["name"]: p for p in json.loads(toolbox("plugins", "--json").stdout)}
