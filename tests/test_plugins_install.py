@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "toolbox-compression-mixup"
 # the venv gets no `toolbox` script of its own (toolbox comes from the parent environment)
 TOOLBOX = "import sys; from toolbox.cli import main; sys.argv[0] = 'toolbox'; main()"
 
