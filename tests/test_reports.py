@@ -71,3 +71,16 @@ def test_the_summary_explains_each_number_and_show_repeats_it(tmp_path, monkeypa
     assert as_json["best"]["value"] == final + 0.001 and as_json["test_images"] == 445
     missing = CliRunner().invoke(cli, ["show", str(tmp_path / "nothing")])
     assert missing.exit_code in (1, 2) and len(missing.stderr.splitlines()) == 1
+
+
+def test_listing_tables_keep_names_whole_and_print_brackets_literally(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    plugins.reset()
+    registry = plugins.load().registry
+    models = CliRunner().invoke(cli, ["models"])
+    assert "ConvNet-3: 3 x [conv 128, instance norm, ReLU," in models.stdout  # not eaten as rich markup
+    recipes = CliRunner().invoke(cli, ["recipes"])
+    names = {line.split("│")[1].strip() for line in recipes.stdout.splitlines() if line.startswith("│")}
+    assert "condense/cifar10-dc-ipc1" in names and "zskt/digits" in names
+    assert set(registry.architectures) <= {line.split("│")[1].strip() for line in models.stdout.splitlines()
+                                           if line.startswith("│")}

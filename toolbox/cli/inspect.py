@@ -11,12 +11,14 @@ import click
 def _table(title, columns, rows):
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title)
-    for c in columns:
-        table.add_column(c, overflow="fold")
+    for i, c in enumerate(columns):
+        # the first column is a name to copy: whole, never wrapped inside
+        table.add_column(c, overflow="fold", no_wrap=i == 0)
     for r in rows:
-        table.add_row(*[str(x) for x in r])
+        table.add_row(*[Text(str(x)) for x in r])  # plain text: "[conv 128, ...]" is not rich markup
     Console().print(table)
 
 
