@@ -9,7 +9,9 @@ sets, GPUs). Where a single model's step already is (CPU, 100+ images or CIFAR-s
 vmapped grouped convolutions are slower than plain ones, so the models train one after another
 instead; ``Protocol.stacked`` (the recipe's ``eval.stacked``) forces either path. Batch-norm models
 always train one after another: their running statistics are buffers updated in place, which a
-vmapped call cannot do per model. Each model owns a generator (initialisation, shuffling,
+vmapped call cannot do per model. So do all models under a reduced precision (the run's speed.amp
+bf16/fp16): autocast does not reach into the vmapped call (with torch 2.13 on the CPU its
+convolutions and logits stay fp32), and the asked precision is what the run records. Each model owns a generator (initialisation, shuffling,
 augmentation) seeded from (seed, model index), so model i gets the same draws whether it trains
 alone or with others.
 """
@@ -28,7 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from toolbox.engine import Engine, make_optimizer
 from toolbox.models import build_for
 from toolbox.seeding import init_with_seed
-from toolbox.speed import Resolved
+from toolbox.speed import Resolved, as_written
 
 from . import augment
 
@@ -66,10 +68,12 @@ def stacked_pays(images: torch.Tensor, protocol: Protocol, device) -> bool:
     return per_step <= 1024
 
 
-def use_stacked(model, images: torch.Tensor, protocol: Protocol, device, stacked: bool | str = "auto") -> bool:
-    """Whether the models train together: never for batch-norm models (running statistics), else
-    ``stacked`` (True/False), or for "auto" where it pays (stacked_pays)."""
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+def use_stacked(model, images: torch.Tensor, protocol: Protocol, device, stacked: bool | str = "auto",
+                precision: str = "fp32") -> bool:
+    """Whether the models train together: never for batch-norm models (running statistics) or under a
+    reduced ``precision`` (autocast does not reach a vmapped call), else ``stacked`` (True/False), or
+    for "auto" where it pays (stacked_pays)."""
+    if precision != "fp32" or any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return False
     return stacked_pays(images, protocol, device) if stacked == "auto" else bool(stacked)
 
@@ -148,14 +152,15 @@ def train_models(build, images, labels, protocol: Protocol, seeds: list[int], de
     ``stacked``: train the models together (vmap) or one after another; None follows
     ``protocol.stacked`` (see use_stacked). Either way model i sees the same initialisation, shuffles
     and augmentations. ``speed``: the run's resolved speed settings for the training passes (None:
-    fp32, as written); the stacked path keeps the default memory layout (its stacked convolution
-    weights are 5-D) and runs uncompiled. Testing runs in fp32, as the core's classifiers do.
+    fp32, as written); the stacked path, taken at fp32 only (see use_stacked), keeps the default memory
+    layout (its stacked convolution weights are 5-D) and runs uncompiled. Testing runs in fp32, as the
+    core's classifiers do.
     """
     device = torch.device(device)
-    speed = speed or Resolved(amp="fp32", channels_last=False, compile=False, device_type=device.type)
+    speed = speed or as_written(device.type)
     images, labels = images.to(device), labels.to(device)
     models = [init_with_seed(build, s).to(device) for s in seeds]
-    stacked = use_stacked(models[0], images, protocol, device, protocol.stacked if stacked is None else stacked)
+    stacked = use_stacked(models[0], images, protocol, device, protocol.stacked if stacked is None else stacked, speed.amp)
     # on the images' device: the shuffles and augmentation draws need no copy there (a copy to a GPU waits for it)
     gens = [torch.Generator(device=images.device).manual_seed(s + 1) for s in seeds]
     families = augment.parse_strategy(protocol.augment) if protocol.augment != "none" else None
