@@ -251,10 +251,14 @@ class Engine:
     def _loss_step(self, loss, x, y, i: int, steps: int):
         k = self.loop.accumulate
         first, group = i % k == 0, min(k, steps - i // k * k)  # the last group of an epoch may be short
-        if first:
-            self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             value = loss(self.forward, x, y)
+        if first:
+            # after the forward, not before: the old gradients stay allocated through it and the new
+            # ones take their freed blocks; freed before it, glibc hands large blocks back to the OS and
+            # the backward faults fresh pages in (measured: 5-10 % more CPU time for the condensation
+            # evaluator's stacked models, all of it system time)
+            self.optimizer.zero_grad(set_to_none=True)
         self.backward(value / group if group > 1 else value)
         if (i + 1) % k == 0 or i + 1 == steps:
             self.optimizer_step()
