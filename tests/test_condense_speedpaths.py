@@ -36,8 +36,10 @@ def test_eval_stacked_key_reaches_the_protocol_and_picks_the_path():
     assert use_stacked(net, small, p, "cpu") and not use_stacked(net, large, p, "cpu")
     assert use_stacked(net, large, p, "cuda")
     assert use_stacked(net, large, p, "cpu", True) and not use_stacked(net, small, p, "cuda", False)
-    # batch norm trains one model at a time whatever was asked
+    # batch norm, or a reduced precision, trains one model at a time whatever was asked
     assert not any(use_stacked(bn, small, p, d, s) for d in ("cpu", "cuda") for s in ("auto", True))
+    assert not any(use_stacked(net, small, p, d, s, amp) for d in ("cpu", "cuda") for s in ("auto", True)
+                   for amp in ("bf16", "fp16"))
 
 
 def test_batchnorm_evaluator_asked_to_stack_trains_like_the_sequential_path(digits):
@@ -127,3 +129,62 @@ def test_one_iteration_reads_the_host_twice_however_many_steps_it_takes(digits, 
     calls = _count_reads(monkeypatch)
     match_step(syn, opt, m)
     assert sorted(calls) == ["__float__", "__int__"], calls
+
+
+@pytest.mark.parametrize("stacked", [True, False], ids=["asked-to-stack", "one-by-one"])
+def test_condensing_in_bf16_records_it_and_trains_the_evaluator_and_dm_in_bf16(tmp_path, monkeypatch, stacked):
+    """bf16 reaches DM's embeddings and the evaluator's training passes; asked to stack, the evaluator
+    trains the models one after another instead (autocast does not reach into vmap)."""
+    import json
+
+    from click.testing import CliRunner
+    from toolbox_condense import dm, evaluator
+
+    from toolbox import plugins
+    from toolbox.cli import cli
+
+    seen = {"evaluator": set(), "dm": set()}
+    losses = {"stacked": evaluator.stacked_cross_entropy, "one": evaluator.cross_entropy}
+
+    def watched(original):
+        def loss(forward, x, y):
+            def forward_seen(v):
+                logits = forward(v)
+                seen["evaluator"].add(logits.dtype)
+                return logits
+            return original(forward_seen, x, y)
+        return loss
+
+    monkeypatch.setattr(evaluator, "stacked_cross_entropy", watched(losses["stacked"]))
+    monkeypatch.setattr(evaluator, "cross_entropy", watched(losses["one"]))
+    fresh = dm.fresh_network
+
+    def hooked(build, generator):
+        net = fresh(build, generator)
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.register_forward_hook(lambda mod, inputs, out: seen["dm"].add(out.dtype))
+        return net
+
+    monkeypatch.setattr(dm, "fresh_network", hooked)
+    plugins.reset()
+    out = tmp_path / "dm"
+    cpu = ["--threads", "1", "--device", "cpu"]
+    result = CliRunner().invoke(cli, ["condense", "digits", "--method", "dm", "--out", str(out), "-o", "speed.amp=bf16",
+                                      "-o", "iterations=10", "-o", "eval.epochs=10", "-o", "eval.models=2",
+                                      "-o", f"eval.stacked={str(stacked).lower()}", *cpu])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "run.json").read_text())["records"]
+    assert records["speed"] == {"amp": "bf16", "channels_last": False, "compile": False}
+    assert seen == {"evaluator": {torch.bfloat16}, "dm": {torch.bfloat16}}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accuracy"] > 0.5  # ten classes: chance is 0.1
+    if stacked:
+        return
+    # `toolbox evaluate` takes the run's speed section, resolved the same way here: the same numbers
+    result = CliRunner().invoke(cli, ["evaluate", str(out), "--json", *cpu])
+    plugins.reset()
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["protocol"]["speed"] == records["speed"]
+    assert report["metrics"]["accuracy"] == summary["accuracy"]

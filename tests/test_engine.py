@@ -186,6 +186,28 @@ def test_a_non_finite_loss_is_caught_at_the_step_that_produced_it(tmp_path):
     assert len(seen) == 10  # read at the end of the second window of 5, not after every step
 
 
+def test_an_engine_without_a_run_trains_the_same_weights_and_keeps_nothing(tmp_path):
+    """The condensation evaluator's helper models: no run directory, the same training."""
+    x, y = data(16 * 6)
+    trained = []
+    for run in (make_run(tmp_path), None):
+        model = mlp()
+        opt = engine.make_optimizer(model.parameters(), SimpleNamespace(lr=0.1, momentum=0.9, weight_decay=5e-4))
+        trainer = engine.Engine(run, model, opt, device=torch.device("cpu"), loop=engine.Loop(log_every=4))
+        batches = engine.TensorBatches(x, y, 16, torch.Generator().manual_seed(3), torch.device("cpu"))
+        metrics = trainer.fit(batches, 3, loss=ce)
+        trained.append((model, metrics["train_loss"]))
+    (with_run, loss_run), (without, loss_without) = trained
+    assert loss_run == loss_without
+    assert all(torch.equal(a, b) for a, b in zip(with_run.parameters(), without.parameters()))
+    # a helper model that diverges is reported by its caller (e.g. at chance accuracy), not an error
+    model = mlp()
+    nan = engine.Engine(None, model, torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"))
+    assert math.isnan(nan.fit(batches, 1, loss=lambda m, xb, yb: ce(m, xb, yb) * float("nan"))["train_loss"])
+    with pytest.raises(TypeError, match="device="):
+        engine.Engine(None, mlp(), opt)
+
+
 def train(tmp_path, name, batch, accumulate, n, epochs=2, **loop):
     x, y = data(n)
     model = mlp()

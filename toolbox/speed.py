@@ -58,6 +58,11 @@ class Resolved:
         return torch.compile(fn)
 
 
+def as_written(device_type: str = "cpu") -> Resolved:
+    """fp32, the default memory layout, no compile: the code runs exactly as written (the CPU's auto)."""
+    return Resolved(amp="fp32", channels_last=False, compile=False, device_type=device_type)
+
+
 def native_bf16(device) -> bool:
     """CUDA devices of compute capability 8.0 (Ampere) and newer multiply bf16 in hardware; older ones
     only emulate it (slower than fp32)."""
@@ -89,7 +94,7 @@ def resolve(speed: Speed | None, device, *, exact: str | None = None) -> Resolve
     speed = speed or Speed()
     if exact is not None:
         refuse_inexact(speed, exact)
-        return Resolved(amp="fp32", channels_last=False, compile=False, device_type=device.type)
+        return as_written(device.type)
     cuda = device.type == "cuda"
     amp = speed.amp
     if amp == "auto":

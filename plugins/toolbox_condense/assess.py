@@ -1,5 +1,7 @@
 """``toolbox evaluate <condensation run>``: the condensed set, and optionally the coreset baselines,
-under one evaluation protocol (the one stored with the run unless options change it)."""
+under one evaluation protocol (the one stored with the run unless options change it) and the run's
+speed section, resolved for the device evaluating (auto means there what it means for a run there;
+on the device the run used, evaluation repeats its numbers). The report names the resolved settings."""
 
 from __future__ import annotations
 
@@ -35,6 +37,20 @@ def _protocol(config: dict, options: dict) -> Protocol:
     return replace(protocol, **changes)
 
 
+def _speed(config: dict, device):
+    """The recipe's speed section stored with the protocol (auto for runs from before it was), resolved for ``device``."""
+    from pydantic import ValidationError
+
+    from toolbox.speed import Speed, resolve
+
+    try:
+        section = Speed.model_validate((config.get("protocol") or {}).get("speed") or {})
+    except ValidationError as e:
+        raise UsageError(f"config.json's protocol.speed is not a speed section ({e.errors()[0]['msg']}); "
+                         "delete the key to evaluate at the defaults") from None
+    return resolve(section, device)
+
+
 def evaluate_condensed(source, options: dict, device) -> dict:
     import torch
 
@@ -62,10 +78,11 @@ def evaluate_condensed(source, options: dict, device) -> dict:
     synthetic = load_synthetic(source)
     data = load(config["dataset"])
     protocol = _protocol(config, options)
+    speed = _speed(config, device)
     seed = number_option(options, "seed", None, 0, MAX_SEED)
     seed = int((config.get("protocol") or {}).get("seed", 0)) if seed is None else seed
     ipc = int(config["ipc"])
-    result = evaluate_set(synthetic.images, synthetic.labels, data, protocol, seed, device)
+    result = evaluate_set(synthetic.images, synthetic.labels, data, protocol, seed, device, speed=speed)
     metrics = {"accuracy": result["accuracy"], "accuracy_std": result["accuracy_std"]}
     table = {}
     if names:
@@ -73,13 +90,13 @@ def evaluate_condensed(source, options: dict, device) -> dict:
         generator = torch.Generator().manual_seed(seed)
         for name in names:
             x, y = baselines.select(name, data, ipc, protocol, seed, device, build, generator)
-            r = evaluate_set(x, y, data, protocol, seed, device, build)
+            r = evaluate_set(x, y, data, protocol, seed, device, build, speed=speed)
             metrics[f"{name}_accuracy"] = r["accuracy"]
             metrics[f"{name}_accuracy_std"] = r["accuracy_std"]
             table[name] = {"accuracy": r["accuracy"], "accuracy_std": r["accuracy_std"],
                            "images": int(x.shape[0]), "accuracies": r["accuracies"]}
     described = {**protocol.describe(), "seed": seed, "ipc": ipc, "dataset": data.name,
-                 "note": (config.get("protocol") or {}).get("note", "")}
+                 "note": (config.get("protocol") or {}).get("note", ""), "speed": speed.record()}
     out = {"metrics": metrics, "protocol": described, "accuracies": result["accuracies"]}
     if table:
         out["baselines"] = table

@@ -1,5 +1,13 @@
 """A condensation run: set up data and synthetic images, iterate DC/DSA/DM with checkpoints and
-logging, evaluate with the recipe's protocol, save the condensed set, its image grid and its card."""
+logging, evaluate with the recipe's protocol, save the condensed set, its image grid and its card.
+
+The recipe's ``speed`` section is resolved once for the device and recorded in run.json. It applies
+to the evaluator's training (autocast, channels_last and compile on its one-model-at-a-time path, a
+gradient scaler for fp16) and to DM's embeddings (autocast, see dm.py). DC/DSA gradient matching
+stays in fp32 whatever the section says: it differentiates through the network's gradients, whose
+per-channel distances half precision would round (bf16 keeps 8 bits of mantissa) and whose second
+derivatives a loss scaler does not cover for fp16.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ import torch
 
 from toolbox.errors import UsageError
 from toolbox.models import build_for
+from toolbox.speed import resolve
 
 from . import augment
 from .card import write_card
@@ -68,6 +77,8 @@ def run_condense(recipe, run) -> dict:
         raise UsageError(str(e)) from None
     check_ipc(recipe, data)
     device = run.device
+    speed = resolve(recipe.speed, device)
+    run.record(speed=speed.record())
     num_classes = data.num_classes
     build = functools.partial(build_for, recipe.model.arch, data.spec)
 
@@ -82,14 +93,16 @@ def run_condense(recipe, run) -> dict:
 
     syn = _init_images(recipe, data, train_x, classes, gens["init"]).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=recipe.lr_img, momentum=recipe.momentum_img)
+    scaler = speed.grad_scaler() if recipe.method == "dm" else None  # DC/DSA match in fp32 (see the docstring)
+    kept = {"scaler": scaler} if scaler is not None and scaler.is_enabled() else {}
     start = 0
     saved = run.load_checkpoint()
     if saved is not None:
-        start = run.restore(saved, images=syn, optimizer=opt)
+        start = run.restore(saved, images=syn, optimizer=opt, **kept)
 
     if recipe.method == "dm":
         state = Embedder(build, train_x, classes, recipe.data.batch_real, families,
-                         gens["net"], gens["sample"], gens["augment"])
+                         gens["net"], gens["sample"], gens["augment"], speed, scaler)
         step = dm_step
     else:
         outer, inner = loops_for(recipe)
@@ -109,18 +122,20 @@ def run_condense(recipe, run) -> dict:
             if (it + 1) % recipe.log_every == 0 or it + 1 == recipe.iterations:
                 run.log(it + 1, loss=loss)
             if recipe.eval.every and (it + 1) % recipe.eval.every == 0 and it + 1 < recipe.iterations:
-                quick = evaluate_set(syn.detach().flatten(0, 1), labels, data, protocol, recipe.seed, device)
+                quick = evaluate_set(syn.detach().flatten(0, 1), labels, data, protocol, recipe.seed, device, speed=speed)
                 run.log(it + 1, accuracy=quick["accuracy"], accuracy_std=quick["accuracy_std"])
             bar.update(1, loss=loss)
             if (it + 1) % every == 0 and it + 1 < recipe.iterations:
-                run.save_checkpoint({"images": syn.detach(), "optimizer": opt.state_dict()}, it + 1)
+                run.save_checkpoint({"images": syn.detach(), "optimizer": opt.state_dict(),
+                                     **{k: v.state_dict() for k, v in kept.items()}}, it + 1)
 
     images = syn.detach().flatten(0, 1).cpu()
-    result = evaluate_set(images, labels, data, protocol, recipe.seed, device)
+    result = evaluate_set(images, labels, data, protocol, recipe.seed, device, speed=speed)
     metrics = {"accuracy": result["accuracy"], "accuracy_std": result["accuracy_std"], "loss": loss if recipe.iterations > start else None}
     metrics = {k: v for k, v in metrics.items() if v is not None}
     run.log(recipe.iterations, **metrics)
-    described = {**protocol.describe(), "seed": recipe.seed, "note": recipe.eval.note}
+    # the section as asked, so that `toolbox evaluate` resolves it for its own device (run.json has what ran)
+    described = {**protocol.describe(), "seed": recipe.seed, "note": recipe.eval.note, "speed": recipe.speed.model_dump()}
     extra = {"protocol": described, "accuracies": result["accuracies"], "eval_seeds": result["seeds"],
              "seeds": {"recipe": recipe.seed, "generators": ["init", "net", "sample", "augment"]},
              "condense": {"iterations": recipe.iterations, "init": recipe.init, "lr_img": recipe.lr_img,

@@ -62,8 +62,9 @@ class Evaluation(Section):
     augment: Strategy = "none"  # "none", "auto" (the DSA strategy of the dataset) or a strategy
     arch: ArchName = "convnet"
     # train the models together in one vmapped call (true) or one after another (false); auto =
-    # together where it pays (any GPU; small steps on the CPU). Batch-norm models always train one
-    # after another. Same models either way (same draws; float rounding aside)
+    # together where it pays (any GPU; small steps on the CPU). Batch-norm models, and all models
+    # under speed.amp bf16/fp16 (autocast does not reach a vmapped call), train one after another.
+    # Same models either way (same draws; float rounding aside)
     stacked: bool | Literal["auto"] = "auto"
     every: Interval = 0  # also evaluate every N iterations during condensation (0: only at the end)
     note: str = ""  # how this protocol differs from the paper's, stored beside the numbers
