@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from helpers_runs import assert_curves
 from safetensors.torch import load_file
 
-from toolbox import plugins
+from toolbox import plugins, runs
 from toolbox.cli import cli
 
 CPU = ["--threads", "1", "--device", "cpu"]
@@ -111,7 +111,11 @@ def test_bad_condense_input_is_one_line(tmp_path, args, expected):
         assert "TOOLBOX_NO_DOWNLOAD is set" in line and "put " in line  # how to fix it
 
 
-def test_evaluating_a_run_that_is_not_a_condensation_is_one_line(tmp_path):
+def test_evaluating_a_run_that_is_not_a_condensation_is_one_line(tmp_path, monkeypatch):
+    grids = {}
+    real_save = runs.Run.save_images
+    monkeypatch.setattr(runs.Run, "save_images", lambda run, name, images, **kw: (
+        grids.__setitem__(name, kw), real_save(run, name, images, **kw))[1])
     result = invoke("train", "supervised", "--arch", "mlp", "--epochs", "1", "--out", tmp_path / "sup", *CPU)
     assert result.exit_code == 0, result.output
     line = one_line_error(invoke("evaluate", str(tmp_path / "sup"), "--metric", "dm", *CPU))
@@ -119,5 +123,8 @@ def test_evaluating_a_run_that_is_not_a_condensation_is_one_line(tmp_path):
     condensed = tmp_path / "dc"
     assert invoke("condense", "digits", "--out", condensed, "-o", "iterations=1", "-o", "eval.models=1",
                   "-o", "eval.epochs=1", *CPU).exit_code == 0
+    # the condensed grid names each tile's class
+    assert grids["synthetic"]["labels"] == [str(c) for c in range(10)]
+    assert grids["synthetic"]["title"] == "DC condensed digits: 1 image(s) per class"
     line = one_line_error(invoke("evaluate", str(condensed), "--baselines", "random,coreset", *CPU))
     assert line == "error: unknown baseline(s) coreset; valid: random, herding, kcenter, whole"

@@ -73,6 +73,6 @@ def _labelled_grid(path: Path, images, *, mean, std, nrow, labels, title) -> Pat
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - head / height))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -146,7 +146,12 @@ def run_condense(recipe, run) -> dict:
 
     save_synthetic(run.dir, images, labels, dataset=data.spec, method=recipe.method, ipc=recipe.ipc,
                    extra=extra, metrics=metrics)
-    run.save_images("synthetic", images, mean=data.mean, std=data.std, nrow=recipe.ipc if recipe.ipc > 1 else num_classes)
+    # each tile named by its class where the figure stays legible; past that, one class per row
+    named = len(images) <= 200
+    run.save_images("synthetic", images, mean=data.mean, std=data.std, nrow=recipe.ipc if recipe.ipc > 1 else num_classes,
+                    labels=[data.spec.class_name(int(c)) for c in labels.tolist()] if named else None,
+                    title=f"{recipe.method.upper()} condensed {data.name}: {recipe.ipc} image(s) per class"
+                          + ("" if named or recipe.ipc == 1 else ", one class per row"))
     write_card(run.dir, method=recipe.method, dataset=data.name, ipc=recipe.ipc, paper=PAPERS[recipe.method],
                metrics=metrics, protocol=described, expect=extra["expect"])
     return metrics
