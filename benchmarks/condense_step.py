@@ -58,11 +58,12 @@ def reference_dc_iteration(build, images_all, indices_class, image_syn, opt_img,
     opt_img.step()
 
 
-def reference_evaluation(build, images, labels, protocol, seeds):
-    """utils.evaluate_synset, once per model, with a DataLoader per model."""
+def reference_evaluation(build, images, labels, protocol, seeds, device="cpu"):
+    """utils.evaluate_synset, once per model, with a DataLoader per model (benchmarks/gpu.py runs it
+    on a GPU too)."""
     for s in seeds:
         torch.manual_seed(s)
-        net = build()
+        net = build().to(device)
         lr = protocol.lr
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=256, shuffle=True)

@@ -243,22 +243,9 @@ def evaluator_case(device, size, repeats: int) -> None:
         return ConvNet(10, c, h)
 
     def reference():
-        """utils.evaluate_synset once per model, each with its own DataLoader."""
-        for s in seeds:
-            torch.manual_seed(s)
-            net = build().to(device)
-            lr = protocol.lr
-            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-            loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=256, shuffle=True)
-            for ep in range(protocol.epochs + 1):
-                for xb, yb in loader:
-                    loss = F.cross_entropy(net(xb), yb)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                if ep == protocol.epochs // 2 + 1:
-                    lr *= 0.1
-                    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        from condense_step import reference_evaluation  # benchmarks/ is on the path of a script run from it
+
+        reference_evaluation(build, images, labels, protocol, seeds, device)
 
     ref = timed(device, reference, repeats)
     ours = {name: timed(device, lambda stacked=stacked: train_models(build, images, labels, protocol, seeds, device,
