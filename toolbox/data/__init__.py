@@ -1,5 +1,9 @@
 """Datasets as in-memory tensors: ``load("digits")`` -> ImageData (cached per process).
 
+``load`` accepts every dataset reference (``refs``): a registered name, a folder of class subfolders,
+or ``hf-hub:org/name@rev``; the last two are read by ``sources``. Inside a run, where the data came
+from (source, fingerprint or commit, split) is recorded in run.json under ``data``.
+
 Readers of the published file formats live in ``readers``; where files are looked for and how they
 are fetched, in ``download``; the names and statistics, in ``catalog``.
 """
@@ -53,12 +57,47 @@ class ImageData:
         return x * s + m
 
 
-def load(name_or_spec) -> ImageData:
+def load(ref) -> ImageData:
+    """The dataset a reference names (a registered name, a folder, ``hf-hub:org/name@rev``) or a spec."""
     from ..registry import current
+    from . import refs
 
-    spec = current().dataset(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    if isinstance(ref, str):
+        registry = current()
+        canonical = refs.canonical(ref, registry.datasets)
+        if refs.kind(refs.split_options(canonical)[0], registry.datasets) != "name":
+            data = _load_source(canonical)
+            _record(data.spec)
+            return data
+        spec = registry.dataset(canonical)
+    else:
+        spec = ref
     key = f"{spec.name}@{spec.where()}"  # the data root can change between calls (tests, TOOLBOX_DATA)
     if key not in _cache:
         train_x, train_y, test_x, test_y = spec.load_arrays()
         _cache[key] = ImageData(spec, train_x, train_y, test_x, test_y)
+    data = _cache[key]
+    _record(data.spec)
+    return data
+
+
+def _load_source(canonical: str) -> ImageData:
+    from . import sources
+
+    table = sources.scan(canonical)
+    key = f"{canonical}#{table.source.get('fingerprint') or table.source.get('commit')}"
+    if key not in _cache:
+        spec, arrays = sources.build(table)
+        _cache[key] = ImageData(spec, *arrays)
     return _cache[key]
+
+
+def _record(spec) -> None:
+    """Note in the current run's run.json (if a run is executing) which data it read."""
+    from ..runs import _CURRENT
+
+    run = _CURRENT.get()
+    if run is None:
+        return
+    source = spec.source or {"kind": "builtin", "name": spec.name, "where": spec.where()}
+    run.record(data={"ref": spec.name, **source})
