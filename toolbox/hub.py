@@ -50,6 +50,10 @@ def hub_errors(repo: str, revision: str | None, repo_type: str):
         raise RunError(f"{what} is not in the local cache and the Hub cannot be used (HF_HUB_OFFLINE is set or the "
                        "network is down); pull it once while online") from None
     except errors.HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):  # a wrong token, or a private or gated repo the token may not read
+            raise RunError(f"{what}: the Hub refused access ({status}): it is private or gated, or the token is wrong; "
+                           "set HF_TOKEN to a token that can read it") from None
         raise RunError(f"{what}: the Hub answered {str(e).splitlines()[0]}") from None
     except OSError as e:  # connection refused, DNS, timeouts (httpx errors derive from neither; see below)
         raise RunError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {e})") from None

@@ -422,10 +422,9 @@ def _download_hub(repo: str, revision: str | None) -> tuple[Path, str]:
             if not any(f.endswith(".parquet") for f in files):
                 raise RunError(f"dataset {repo}@{revision or 'main'} has no parquet files (it has "
                                f"{', '.join(files[:6]) or 'nothing'}); toolbox reads image datasets stored as parquet")
-            path = snapshot_download(repo, repo_type="dataset", revision=info.sha, allow_patterns=allow)
-            if revision and revision != info.sha:  # so that offline use finds the branch or tag name too
-                with hub_errors(repo, revision, "dataset"):
-                    snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=allow)
+            # by the user's revision (not info.sha), so the cache learns the branch name for offline use; the
+            # snapshot folder is named by the commit actually downloaded, which is what gets recorded
+            path = snapshot_download(repo, repo_type="dataset", revision=revision, allow_patterns=allow)
     return Path(path), Path(path).name
 
 
