@@ -204,3 +204,80 @@ def test_kd_distillation_runs_on_a_folder(photos, tmp_path):
                                 out=tmp_path / "kd", device="cpu")
     assert metrics["teacher_accuracy"] > 0.9 and metrics["accuracy"] > 1 / 3
     assert json.loads((out / "config.json").read_text())["dataset"] == str(photos)
+
+
+# --- larger than memory: streamed from disk ---------------------------------------------------------
+
+def _losses(run_dir) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_budget_below_the_decoded_size_streams_with_identical_losses(digits_folder, tmp_path, monkeypatch):
+    common = ["model.arch=mlp", "epochs=3", "seed=5", f"data.dataset={digits_folder}"]
+    monkeypatch.setenv("TOOLBOX_MEMORY_BUDGET", "1G")
+    memory, _ = runs.execute("train", "supervised", None, common, out=tmp_path / "memory", device="cpu")
+    monkeypatch.setenv("TOOLBOX_MEMORY_BUDGET", "100K")  # the 1352 decoded training images take 346 KB
+    streamed, _ = runs.execute("train", "supervised", None, common, out=tmp_path / "streamed", device="cpu")
+    loading = _records(streamed)["data"]["loading"]
+    assert loading == {"train": "streamed", "decoded_train_bytes": 1352 * 64 * 4, "memory_budget": 100 * 1024}
+    assert _records(memory)["data"]["loading"]["train"] == "memory"
+    assert _losses(streamed) == _losses(memory) and _accuracy(streamed) == _accuracy(memory)
+
+    d = data.load(str(digits_folder))
+    assert d.streamed and len(d.train_stream) == 1352
+    with pytest.raises(RunError, match=r"needs the training split of .* in memory.*raise TOOLBOX_MEMORY_BUDGET"):
+        d.train_x.to("cpu")  # a method that wants the tensor: one line, not an AttributeError
+    result = CliRunner().invoke(cli, ["condense", str(digits_folder), "--device", "cpu", "--threads", "1",
+                                      "--out", str(tmp_path / "dc")])
+    assert result.exit_code == 1 and "exceeds the memory budget" in result.stderr, result.output
+
+
+PEAK = """
+import json, sys
+import torch
+from toolbox import data, engine
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+def epoch(ref):
+    d = data.load(ref)
+    batches = engine.make_batches(d.normalized_train(), d.train_y, engine.BatchSource(batch_size=64),
+                                  torch.Generator().manual_seed(0), "cpu")
+    return d, sum(len(y) for _, y in batches.epoch(0))
+
+torch.set_num_threads(1)
+epoch(sys.argv[2])  # warm-up on a small folder: every import and first-use allocation happens here
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak resident size (VmHWM)
+before = status("VmRSS:")
+d, seen = epoch(sys.argv[1])
+print(json.dumps({"peak_growth": status("VmHWM:") - before, "seen": seen, "streamed": d.streamed}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
+def test_streaming_a_folder_four_times_the_budget_keeps_peak_memory_under_the_budget(tmp_path):
+    import subprocess
+    import sys
+
+    big = tmp_path / "big"
+    write_pattern_folder(big / "train", n_classes=4, per_class=1000, size=32)  # 4000 x 3x32x32: 49 MB as float32
+    write_pattern_folder(big / "val", n_classes=4, per_class=5, size=32)
+    small = write_pattern_folder(tmp_path / "small", n_classes=4, per_class=20, size=32)
+    decoded = 4000 * 3 * 32 * 32 * 4
+    budget = decoded // 4
+
+    def peak(budget_bytes):
+        env = {**os.environ, "TOOLBOX_MEMORY_BUDGET": str(budget_bytes)}
+        out = subprocess.run([sys.executable, "-c", PEAK, str(big), str(small)], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.splitlines()[-1])
+
+    streamed = peak(budget)
+    assert streamed["streamed"] and streamed["seen"] == 4000
+    assert streamed["peak_growth"] < budget, streamed  # no model here: batches, decode buffers, the small val split
+    in_memory = peak(10 * decoded)
+    assert not in_memory["streamed"] and in_memory["peak_growth"] > decoded, in_memory  # what streaming avoids

@@ -214,12 +214,20 @@ def decode_all(table: ImageTable, shape) -> np.ndarray:
     return out
 
 
-def channel_stats(images_uint8: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (population) in [0, 1] of uint8 [N, C, H, W], accumulated in float64."""
-    c = images_uint8.shape[1]
-    total, sq, count = np.zeros(c), np.zeros(c), 0
-    for start in range(0, len(images_uint8), 4096):  # bounded temporaries
-        chunk = images_uint8[start:start + 4096].astype(np.float64) / 255.0
+STATS_CHUNK = 64  # images per float64 temporary when computing statistics (bounds the streamed pass)
+
+
+def channel_stats(images_uint8) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (population) in [0, 1] of uint8 [N, C, H, W] (an array, or an iterable of
+    chunks of ``STATS_CHUNK`` images: the same sums, so the same numbers), accumulated in float64."""
+    chunks = ([images_uint8[s:s + STATS_CHUNK] for s in range(0, len(images_uint8), STATS_CHUNK)]
+              if isinstance(images_uint8, np.ndarray) else images_uint8)
+    total = sq = None
+    count = 0
+    for part in chunks:
+        chunk = part.astype(np.float64) / 255.0
+        if total is None:
+            total, sq = np.zeros(chunk.shape[1]), np.zeros(chunk.shape[1])
         total += chunk.sum(axis=(0, 2, 3))
         sq += (chunk ** 2).sum(axis=(0, 2, 3))
         count += chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
@@ -272,8 +280,87 @@ def counts(table: ImageTable) -> dict:
             "per_class_train": np.bincount(table.labels[~table.test], minlength=len(table.classes)).tolist()}
 
 
+def memory_budget() -> int:
+    """Bytes a dataset's decoded training split may take in memory before it is streamed from disk:
+    ``TOOLBOX_MEMORY_BUDGET`` (bytes, or with a K/M/G suffix; 0 streams every folder or Hub dataset),
+    else ``MEMORY_FRACTION`` of the memory available now."""
+    text = os.environ.get("TOOLBOX_MEMORY_BUDGET", "").strip().upper()
+    if text:
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text[-1:], 1)
+        number = text[:-1] if scale > 1 else text
+        try:
+            return int(float(number) * scale)
+        except ValueError:
+            raise UsageError(f"TOOLBOX_MEMORY_BUDGET={text!r} is not a size; write bytes or e.g. 512M, 4G") from None
+    return int(MEMORY_FRACTION * available_memory())
+
+
+MEMORY_FRACTION = 0.5
+
+
+def available_memory() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def decoded_bytes(n: int, shape) -> int:
+    """float32 bytes of ``n`` decoded images of ``shape``."""
+    return 4 * n * int(np.prod(shape))
+
+
+class StreamedImages:
+    """A map-style dataset of the training split, decoded from disk per item: (normalised float32 [C, H, W],
+    int64 label), the values the in-memory path computes (the same division by 255 and normalisation),
+    so batches and losses are identical. Items draw no random numbers (see engine.LoaderBatches)."""
+
+    streamed = True
+
+    def __init__(self, table: ImageTable, indices: np.ndarray, shape, mean, std, labels=None):
+        self.table, self.indices, self.shape = table, indices, tuple(shape)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.labels = table.labels[indices] if labels is None else np.asarray(labels, dtype=np.int64)
+
+    def with_labels(self, labels) -> StreamedImages:
+        """The same images with other labels (e.g. a method's label noise), one per item."""
+        import torch
+
+        values = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+        if len(values) != len(self):
+            raise ValueError(f"{len(values)} labels for {len(self)} streamed images")
+        return StreamedImages(self.table, self.indices, self.shape, self.mean, self.std, values)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        from ..evaluation import normalize
+
+        j = int(self.indices[i])
+        x = np.array(decode(self.table, j, self.shape), dtype=np.float32)
+        x /= np.float32(255.0)
+        return normalize(torch.from_numpy(x)[None], self.mean, self.std)[0], torch.tensor(int(self.labels[i]))
+
+
+def _stream_chunks(table: ImageTable, indices: np.ndarray, shape):
+    for start in range(0, len(indices), STATS_CHUNK):
+        part = indices[start:start + STATS_CHUNK]
+        yield np.stack([decode(table, int(i), shape) for i in part])
+
+
 def build(table: ImageTable):
-    """(DatasetSpec, (train_x, train_y, test_x, test_y)) with everything decoded in memory."""
+    """(DatasetSpec, (train_x, train_y, test_x, test_y), streamed training set or None). The training split is
+    decoded into memory when its decoded size fits ``memory_budget()``; otherwise train_x is None and the
+    third item decodes it from disk per item (statistics then come from one streamed pass, or the cache)."""
     from ..registry import DatasetSpec
     from .readers import _tensors
 
@@ -282,21 +369,33 @@ def build(table: ImageTable):
                        "is empty); add images or a val/ folder")
     sizes, modes = headers(table)
     shape = layout(table, sizes, modes)
-    images = decode_all(table, shape)
+    train_idx, test_idx = np.flatnonzero(~table.test), np.flatnonzero(table.test)
+    budget = memory_budget()
+    stream = decoded_bytes(len(train_idx), shape) > budget
+    images = None if stream else decode_all(table, shape)
     stats = cached_stats(table)
     if stats and tuple(stats.get("shape", ())) == shape:
         mean, std = tuple(stats["mean"]), tuple(stats["std"])
     else:
-        mean, std = channel_stats(images[~table.test])
+        mean, std = channel_stats(_stream_chunks(table, train_idx, shape) if stream else images[train_idx])
         save_stats(table, shape, mean, std, counts(table))
-    arrays = _tensors(images[~table.test], table.labels[~table.test], images[table.test], table.labels[table.test])
+    if stream:
+        test_images = np.stack([decode(table, int(i), shape) for i in test_idx])
+        arrays = _tensors(test_images[:0], table.labels[train_idx], test_images, table.labels[test_idx])
+        arrays = (None, *arrays[1:])
+        streamed = StreamedImages(table, train_idx, shape, mean, std)
+    else:
+        arrays = _tensors(images[train_idx], table.labels[train_idx], images[test_idx], table.labels[test_idx])
+        streamed = None
+    loading = {"train": "streamed" if stream else "memory", "decoded_train_bytes": decoded_bytes(len(train_idx), shape),
+               "memory_budget": budget}
     spec = DatasetSpec(
         name=table.ref, num_classes=len(table.classes), shape=shape, mean=mean, std=std, classes=table.classes,
         load=lambda: arrays, summary=f"{table.source['kind']} {table.location}",
         location=lambda: table.location, source={**table.source, "shape": list(shape), "mean": list(mean),
-                                                 "std": list(std)},
+                                                 "std": list(std), "loading": loading},
     )
-    return spec, arrays
+    return spec, arrays, streamed
 
 
 def describe(table: ImageTable) -> dict:
