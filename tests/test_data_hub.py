@@ -108,7 +108,8 @@ def test_hub_dataset_trains_condenses_distils_and_works_offline_once_cached(hub,
     assert json.loads((teacher / "summary.json").read_text())["accuracy"] > 0.9
     recorded = json.loads((teacher / "run.json").read_text())["records"]["data"]
     assert recorded["kind"] == "hub" and recorded["repo"] == "org/pics" and recorded["commit"] == commit
-    assert json.loads((teacher / "config.json").read_text())["dataset"] == "hf-hub:org/pics"
+    # what the checkpoint names is pinned to the commit: evaluating it later reads the same data
+    assert json.loads((teacher / "config.json").read_text())["dataset"] == f"hf-hub:org/pics@{commit}"
 
     ok(toolbox(env, "condense", "hf-hub:org/pics", "--ipc", "1", "-o", "iterations=3", "-o", "init=real",
                "-o", "eval.models=1", "-o", "eval.epochs=20", "--out", tmp_path / "dc", *CPU))

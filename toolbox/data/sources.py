@@ -581,7 +581,9 @@ def scan_hub(ref: str) -> ImageTable:
     splits = sorted({split_of[f] for f in files if split_of[f]})
     source = {"kind": "hub", "repo": repo, "revision": revision, "commit": commit, "files": [f for f in files if split_of[f]],
               "split": {"kind": "files", "splits": splits}, **options}
-    return ImageTable(ref, blobs, names, labels_arr, tuple(classes), np.array(test, dtype=bool), source,
+    # the reference that checkpoints and condensed sets record names the commit, not a branch that moves
+    pinned = refs.join_options(f"{refs.HUB_PREFIX}{repo}@{commit}", options)
+    return ImageTable(pinned, blobs, names, labels_arr, tuple(classes), np.array(test, dtype=bool), source,
                       f"hf-hub:{repo}@{commit}", options)
 
 
