@@ -222,6 +222,10 @@ def test_a_budget_below_the_decoded_size_streams_with_identical_losses(digits_fo
     assert loading == {"train": "streamed", "decoded_train_bytes": 1352 * 64 * 4, "memory_budget": 100 * 1024}
     assert _records(memory)["data"]["loading"]["train"] == "memory"
     assert _losses(streamed) == _losses(memory) and _accuracy(streamed) == _accuracy(memory)
+    # decoded by a worker process: the order is still drawn in the main process, so the same again
+    workers, _ = runs.execute("train", "supervised", None, [*common, "data.loader=stream", "data.workers=1"],
+                              out=tmp_path / "workers", device="cpu")
+    assert _losses(workers) == _losses(memory)
 
     d = data.load(str(digits_folder))
     assert d.streamed and len(d.train_stream) == 1352
