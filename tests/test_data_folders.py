@@ -285,3 +285,12 @@ def test_streaming_a_folder_four_times_the_budget_keeps_peak_memory_under_the_bu
     assert streamed["peak_growth"] < budget, streamed  # no model here: batches, decode buffers, the small val split
     in_memory = peak(10 * decoded)
     assert not in_memory["streamed"] and in_memory["peak_growth"] > decoded, in_memory  # what streaming avoids
+
+
+def test_cards_name_a_folder_by_its_name_and_a_hub_dataset_by_its_repo():
+    from toolbox.hub import build_card
+
+    for ref, shown in (("/home/me/my-photos?image_size=32", "my-photos"), ("hf-hub:org/pics@" + "a" * 40, "org/pics"),
+                       ("digits", "digits")):
+        card = build_card({"method": "dc", "dataset": ref, "format": "toolbox-condensed", "metrics": {}}, {}, "me/x", "")
+        assert f"on `{shown}`" in card and "/home/me" not in card
