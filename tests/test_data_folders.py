@@ -227,6 +227,19 @@ def test_a_budget_below_the_decoded_size_streams_with_identical_losses(digits_fo
                               out=tmp_path / "workers", device="cpu")
     assert _losses(workers) == _losses(memory)
 
+    # KD streams too: the whole split, or a few shots decoded into memory; the same losses either way
+    kd = [f"data.dataset={digits_folder}", "student.arch=mlp", "loss.kind=ce", "schedule.epochs=1",
+          "schedule.scale_with_shots=false"]
+    for shots in (0, 5):
+        monkeypatch.setenv("TOOLBOX_MEMORY_BUDGET", "1G")
+        kd_memory, _ = runs.execute("distill", "kd", "kd/digits-ce", [*kd, f"data.shots={shots}"],
+                                    out=tmp_path / f"kd-memory-{shots}", device="cpu")
+        monkeypatch.setenv("TOOLBOX_MEMORY_BUDGET", "100K")
+        kd_streamed, _ = runs.execute("distill", "kd", "kd/digits-ce", [*kd, f"data.shots={shots}"],
+                                      out=tmp_path / f"kd-streamed-{shots}", device="cpu")
+        assert _records(kd_streamed)["data"]["loading"]["train"] == "streamed"
+        assert _losses(kd_streamed) == _losses(kd_memory) and _accuracy(kd_streamed) == _accuracy(kd_memory)
+
     d = data.load(str(digits_folder))
     assert d.streamed and len(d.train_stream) == 1352
     with pytest.raises(RunError, match=r"needs the training split of .* in memory.*raise TOOLBOX_MEMORY_BUDGET"):

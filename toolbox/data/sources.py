@@ -340,6 +340,12 @@ class StreamedImages:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def tensor_at(self, positions):
+        """The normalised images at ``positions`` (of this dataset) stacked into one tensor."""
+        import torch
+
+        return torch.stack([self[int(i)][0] for i in positions])
+
     def __getitem__(self, i: int):
         import torch
 
