@@ -272,6 +272,16 @@ ROWS = [
     case("plugins-extra-argument", "plugins", "supervised", expect="Got unexpected extra argument (supervised)"),
     case("methods-extra-argument", "methods", "zskt", expect="Got unexpected extra argument (zskt)"),
     case("datasets-bad-option", "datasets", "--all", expect="No such option '--all'"),
+    # --- image folders as datasets (fixtures: *-photos) -------------------------------------------
+    case("datasets-empty-folder", "datasets", "./empty-photos", expect="empty-photos holds no class subfolders",
+         code=1),
+    case("datasets-class-without-images", "datasets", "./hollow-photos", expect="class9 holds no images", code=1),
+    case("datasets-mixed-channels", "datasets", "./mixed-photos", expect="mixes channel counts: 1 grayscale image(s)",
+         code=1),
+    case("datasets-no-such-folder", "datasets", "./no-photos", expect="is neither a registered dataset", code=2),
+    case("condense-no-such-folder", "condense", "./no-photos", *MLP, expect="nor a folder", code=2),
+    case("train-corrupt-image", "train", "supervised", "--dataset", "./corrupt-photos", "--arch", "mlp", *MLP,
+         "--out", "bad-image-run", expect="img0002.png is not a readable image", code=1, out="bad-image-run"),
     case("recipes-two-patterns", "recipes", "a", "b", expect="Got unexpected extra argument (b)"),
     case("models-bad-option", "models", "--jsn", expect="No such option '--jsn'"),
     case("show-not-a-run", "show", "mine", expect="is not a run directory (no run.json)"),
@@ -360,6 +370,7 @@ def _build_fixtures(root: Path) -> None:
     (root / "listed-run").mkdir()
     (root / "listed-run" / "run.json").write_text("[1, 2, 3]")
 
+    _image_folders(root)
     recipes = root / "recipes"
     recipes.mkdir()
     (recipes / "dup.yaml").write_text("method: supervised\nepochs: 3\noptim:\n  lr: 0.1\n  momentum: 0.9\n  lr: 0.5\n")
@@ -367,6 +378,21 @@ def _build_fixtures(root: Path) -> None:
     (recipes / "evil.yaml").write_text("method: supervised\nepochs: !!python/object/apply:os.system ['touch pwned']\n")
     (recipes / "list.yaml").write_text("- method\n- supervised\n")
     (recipes / "binary.yaml").write_bytes(b"\xff\xfe\x00method")
+
+
+def _image_folders(root: Path) -> None:
+    import numpy as np
+    from helpers_images import encode, write_pattern_folder
+
+    (root / "empty-photos").mkdir()
+    hollow = write_pattern_folder(root / "hollow-photos", per_class=2)
+    (hollow / "class9").mkdir()
+    (hollow / "class9" / "notes.txt").write_text("no images")
+    mixed = write_pattern_folder(root / "mixed-photos", per_class=2)
+    (mixed / "class0" / "gray.png").write_bytes(encode(np.zeros((12, 12), dtype=np.uint8)))
+    corrupt = write_pattern_folder(root / "corrupt-photos", per_class=2)
+    victim = corrupt / "class1" / "img0002.png"
+    victim.write_bytes(victim.read_bytes()[:60])
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def one_line_error(result) -> str:
     (["digits", "--ipc", "0"], "error: recipe key 'ipc' (--ipc) in recipe condense/digits-dc-ipc1: must be an integer "
                                "from 1 to 100000 (got 0)"),
     (["digitz"], "error: unknown dataset 'digitz' (did you mean 'digits'?); valid: cifar10, cifar100, digits, "
-                 "fashion-mnist, mnist, svhn"),
+                 "fashion-mnist, mnist, svhn, tiny-imagenet"),
     (["mnist"], "error: dataset 'mnist' is missing train-images-idx3-ubyte.gz"),
     (["cifar10", "--method", "dsa", "--ipc", "1"], "error: dataset 'cifar10' is missing cifar-10-binary.tar.gz"),
 ])

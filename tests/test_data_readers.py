@@ -325,7 +325,7 @@ def test_catalog_entries_are_consistent():
     from toolbox.registry import resolve
 
     specs = {s.name: s for s in catalog.datasets()}
-    assert sorted(specs) == ["cifar10", "cifar100", "digits", "fashion-mnist", "mnist", "svhn"]
+    assert sorted(specs) == ["cifar10", "cifar100", "digits", "fashion-mnist", "mnist", "svhn", "tiny-imagenet"]
     for spec in specs.values():
         assert callable(resolve(spec.load))
         assert len(spec.mean) == len(spec.std) == spec.shape[0]
@@ -333,6 +333,85 @@ def test_catalog_entries_are_consistent():
             assert spec.files == download.file_names(spec.name)
     assert specs["cifar100"].num_classes == 100
     assert specs["cifar10"].std == (0.2023, 0.1994, 0.2010)
+    assert specs["tiny-imagenet"].num_classes == 200 and specs["tiny-imagenet"].shape == (3, 64, 64)
+    assert download.SOURCES["tiny-imagenet"][0].md5 == "90528d7ca1a48142e341f4ef8d21d0de"
+
+
+# --- Tiny-ImageNet: a small generated copy of the published layout ---------------------------------
+
+def _tiny_imagenet(folder, zipped: bool):
+    """200 wnids (listed unsorted, as published), two training JPEGs each (one grayscale), and a val/
+    folder of 7 images labelled by val_annotations.txt; unpacked, or zipped as published."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    wnids = [f"n{rng.integers(10**7, 10**8)}" for _ in range(200)]
+    members = {"wnids.txt": "\n".join(wnids).encode() + b"\n", "words.txt": b"n0\tunused\n"}
+
+    def jpeg(gray=False):
+        img = rng.integers(0, 256, size=(64, 64) if gray else (64, 64, 3), dtype=np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(img).save(out, format="JPEG")
+        return out.getvalue()
+
+    for i, w in enumerate(wnids):
+        for k in range(2):
+            members[f"train/{w}/images/{w}_{k}.JPEG"] = jpeg(gray=i == 3 and k == 1)
+        members[f"train/{w}/{w}_boxes.txt"] = b"0 0 63 63\n"
+    val = [(f"val_{j}.JPEG", wnids[j * 13]) for j in range(7)]
+    for name, _ in val:
+        members[f"val/images/{name}"] = jpeg()
+    members["val/val_annotations.txt"] = "".join(f"{n}\t{w}\t0\t0\t63\t63\n" for n, w in val).encode()
+    members["test/images/test_0.JPEG"] = jpeg()  # unlabelled, never read
+    folder.mkdir(parents=True)
+    if zipped:
+        with zipfile.ZipFile(folder / "tiny-imagenet-200.zip", "w") as z:
+            for name, data in members.items():
+                z.writestr(f"tiny-imagenet-200/{name}", data)
+    else:
+        for name, data in members.items():
+            path = folder / "tiny-imagenet-200" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    return wnids, val, members
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_tiny_imagenet_published_layout(root, zipped):
+    import io
+
+    from PIL import Image
+
+    wnids, val, members = _tiny_imagenet(root / "tiny-imagenet", zipped)
+    spec = {s.name: s for s in catalog.datasets()}["tiny-imagenet"]
+    assert spec.present()
+    train_x, train_y, test_x, test_y = spec.load_arrays()
+    order = sorted(wnids)
+    assert train_x.shape == (400, 3, 64, 64) and test_x.shape == (7, 3, 64, 64)
+    assert_labels(train_y, [c for c in range(200) for _ in range(2)])  # class k = the k-th wnid, sorted
+    assert_labels(test_y, [order.index(w) for _, w in val])
+    gray = members[f"train/{wnids[3]}/images/{wnids[3]}_1.JPEG"]
+    i = 2 * order.index(wnids[3]) + 1
+    expected = np.asarray(Image.open(io.BytesIO(gray)).convert("RGB")).transpose(2, 0, 1)
+    assert_pixels(train_x[i], expected)  # a grayscale JPEG becomes 3 equal channels
+    assert torch.equal(train_x[i][0], train_x[i][1])
+
+
+def test_tiny_imagenet_missing_names_the_zip_and_its_source(root):
+    with pytest.raises(DatasetMissing) as e:
+        readers.load_tiny_imagenet()
+    assert str(e.value) == ("dataset 'tiny-imagenet' is missing tiny-imagenet-200.zip (TOOLBOX_NO_DOWNLOAD is set); "
+                            f"put it in {root / 'tiny-imagenet'} (from http://cs231n.stanford.edu/tiny-imagenet-200.zip)")
+
+
+def test_tiny_imagenet_truncated_zip_is_one_line(root):
+    _tiny_imagenet(root / "tiny-imagenet", zipped=True)
+    _truncate(root / "tiny-imagenet" / "tiny-imagenet-200.zip", keep=0.5)
+    with pytest.raises(RunError, match=r"tiny-imagenet-200.zip is truncated or corrupt .*delete it and run again"):
+        readers.load_tiny_imagenet()
 
 
 def test_catalog_imports_neither_torch_nor_numpy():

@@ -25,6 +25,9 @@ def test_shipped_recipe_validates(recipe):
     ("fds", {"dataset": "cifar10", "arch": "wrn-16-1"}, "fds/cifar10-wrn16_1"),
     ("supervised", {"dataset": "digits", "arch": "mlp"}, "supervised/digits"),  # no digits-mlp recipe: the dataset's
     ("dm", {"dataset": "cifar10", "ipc": "50"}, "condense/cifar10-dm-ipc50"),
+    ("dm", {"dataset": "tiny-imagenet", "ipc": "1"}, "condense/tiny-imagenet-dm-ipc1"),
+    ("dm", {"dataset": "tiny-imagenet"}, "condense/tiny-imagenet-dm-ipc10"),
+    ("supervised", {"dataset": "tiny-imagenet", "arch": "vit-spt-lsa"}, "supervised/tiny-imagenet-vit_spt_lsa"),
 ])
 def test_cli_options_pick_the_matching_shipped_recipe(method, values, expected):
     chooser = plugins.load().registry.method(method).choose_recipe

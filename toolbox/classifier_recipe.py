@@ -11,7 +11,7 @@ from .recipes import (
     ArchName,
     ArchSection,
     Count,
-    DatasetName,
+    DataSource,
     Float,
     Int,
     LearningRate,
@@ -24,8 +24,7 @@ from .recipes import (
 from .sam import SAMSettings
 
 
-class ClassifierData(BatchSource):  # batch_size, loader, workers: toolbox.engine.make_batches
-    dataset: DatasetName = "digits"
+class ClassifierData(BatchSource, DataSource):  # batch_size, loader, workers: toolbox.engine.make_batches
     augment: Literal["none", "crop", "crop_flip"] = "none"
     crop_padding: Int(0, 1024) = 4
 

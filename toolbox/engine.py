@@ -142,7 +142,12 @@ class BatchSource(Section):
 
 
 def make_batches(x, y, data: BatchSource, generator, device):
-    """The batch source ``data`` (a BatchSource section) selects over the tensors ``x``, ``y``."""
+    """The batch source ``data`` (a BatchSource section) selects over the tensors ``x``, ``y``; ``x`` may
+    instead be a map-style dataset of (x, y) streamed from disk (``streamed`` true: a folder or Hub
+    dataset larger than the memory budget, toolbox.data.sources.StreamedImages), fed through LoaderBatches
+    whatever data.loader says."""
+    if getattr(x, "streamed", False):
+        return LoaderBatches(x.with_labels(y), data.batch_size, generator, device, num_workers=getattr(data, "workers", 0))
     if data.loader == "memory":
         return TensorBatches(x, y, data.batch_size, generator, device)
     import torch

@@ -50,6 +50,10 @@ def hub_errors(repo: str, revision: str | None, repo_type: str):
         raise RunError(f"{what} is not in the local cache and the Hub cannot be used (HF_HUB_OFFLINE is set or the "
                        "network is down); pull it once while online") from None
     except errors.HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):  # a wrong token, or a private or gated repo the token may not read
+            raise RunError(f"{what}: the Hub refused access ({status}): it is private or gated, or the token is wrong; "
+                           "set HF_TOKEN to a token that can read it") from None
         raise RunError(f"{what}: the Hub answered {str(e).splitlines()[0]}") from None
     except OSError as e:  # connection refused, DNS, timeouts (httpx errors derive from neither; see below)
         raise RunError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {e})") from None
@@ -119,11 +123,22 @@ def _arxiv_tags(paper: str) -> list[str]:
     return [f"arxiv:{m}" for m in re.findall(r"(\d{4}\.\d{4,5})", paper or "")]
 
 
+def _card_dataset(ref: str) -> str:
+    """How a card names the data: a Hub dataset by its repo id, a local folder by its name only (its path
+    means nothing on another machine, and the Hub's metadata wants ids, not paths), a built-in by name."""
+    from .data import refs
+
+    base, _ = refs.split_options(ref)
+    if base.startswith(refs.HUB_PREFIX):
+        return refs.hub_repo(base)[0]
+    return refs.slug(base) if ("/" in base or "\\" in base) else base
+
+
 def build_card(config: dict, run_info: dict, repo: str, paper: str) -> str:
     """Model or dataset card (YAML metadata + text) from the artifact's config and run.json."""
     from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-    method, dataset = config.get("method", "?"), config.get("dataset", "?")
+    method, dataset = config.get("method", "?"), _card_dataset(config.get("dataset", "?"))
     metrics = {k: v for k, v in (config.get("metrics") or {}).items() if isinstance(v, (int, float))}
     teacher = config.get("teacher") or (run_info.get("records") or {}).get("teacher")
     tags = ["toolbox", method, "image-classification", dataset, *_arxiv_tags(paper)]

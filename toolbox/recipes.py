@@ -79,8 +79,21 @@ def _registered(kind: str):
     return check
 
 
+def _dataset_reference(ref: str) -> str:
+    """A registered name, a folder of class subfolders or hf-hub:org/name[@rev] (toolbox.data.refs),
+    made canonical (folders absolute) so that the saved recipe names the same data from anywhere."""
+    from .data import refs
+    from .registry import current
+
+    registered = current().datasets
+    canonical = refs.canonical(ref, registered)
+    if refs.kind(refs.split_options(canonical)[0], registered) == "name":
+        current().dataset(canonical)  # a UsageError naming the valid ones
+    return canonical
+
+
 # names checked against the registry when the recipe is validated, before a run directory exists
-DatasetName = Annotated[str, AfterValidator(_registered("dataset"))]
+DatasetName = Annotated[str, AfterValidator(_dataset_reference)]
 ArchName = Annotated[str, AfterValidator(_registered("architecture"))]
 
 
@@ -95,6 +108,29 @@ class Section(BaseModel):
     """Base for nested recipe sections: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataSource(Section):
+    """The keys of a ``data:`` section that say which images: ``dataset`` (any reference, see
+    toolbox.data.refs), and for folders and Hub datasets the decoded ``image_size`` (square; default the
+    modal size) and ``channels`` (1 or 3; default as the images are). The two are folded into the
+    reference (``/abs/photos?image_size=32``), which is what runs, checkpoints and condensed sets record."""
+
+    dataset: DatasetName = "digits"
+    image_size: Int(4, 4096) | None = None
+    channels: Literal[1, 3] | None = None
+
+    @model_validator(mode="after")
+    def _fold_options(self):
+        from .data import refs
+        from .registry import current
+
+        base, given = refs.split_options(self.dataset)
+        size = self.image_size if self.image_size is not None else given.get("image_size")
+        channels = self.channels if self.channels is not None else given.get("channels")
+        self.dataset = refs.canonical(base, current().datasets, image_size=size, channels=channels)
+        self.image_size, self.channels = size, channels
+        return self
 
 
 class ArchSection(Section):

@@ -129,6 +129,9 @@ class DatasetSpec:
     location: Callable[[], str] | None = None
     plugin: str = ""
     classes: tuple[str, ...] = ()  # class names by label; empty: the labels' numbers
+    # where the data came from, recorded in run.json: kind (builtin, folder, hub), path or repo, the
+    # fingerprint of the files or the Hub commit, the split
+    source: dict = field(default_factory=dict)
 
     def class_name(self, label: int) -> str:
         return self.classes[label] if label < len(self.classes) else str(label)

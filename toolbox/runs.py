@@ -363,6 +363,10 @@ def _jsonable(v):
 def _default_dir(verb: str, method: str, recipe) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     dataset = getattr(getattr(recipe, "data", None), "dataset", None)
+    if dataset:
+        from .data.refs import slug
+
+        dataset = slug(dataset)  # a folder or Hub reference: its last part, not a path
     base = Path("runs") / "-".join(x for x in (verb, method, dataset, stamp) if x)
     path, n = base, 1
     while path.exists():

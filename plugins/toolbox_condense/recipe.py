@@ -8,7 +8,7 @@ from toolbox.recipes import (
     ArchName,
     BatchSize,
     Count,
-    DatasetName,
+    DataSource,
     Float,
     Int,
     Interval,
@@ -35,8 +35,7 @@ def check_strategy(value: str) -> str:
 Strategy = Annotated[str, AfterValidator(check_strategy)]
 
 
-class Data(Section):
-    dataset: DatasetName = "digits"
+class Data(DataSource):  # dataset (any reference), image_size, channels
     batch_real: BatchSize = 256  # real images per class per matching step
 
 

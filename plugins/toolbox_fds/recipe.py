@@ -10,7 +10,7 @@ from toolbox.recipes import (
     ArchSection,
     BatchSize,
     Count,
-    DatasetName,
+    DataSource,
     Float,
     Int,
     Momentum,
@@ -22,8 +22,7 @@ from toolbox.recipes import (
 EXACT = "its hypergradients are forward-mode derivatives through the whole unrolled training (its precision is the recipe's dtype)"
 
 
-class Data(Section):
-    dataset: DatasetName = "digits"
+class Data(DataSource):  # dataset (any reference), image_size, channels
     batch_size: BatchSize = 128
     # carved from the train split with the run's seed (recorded in the run); never the test split
     val_fraction: Float(gt=0, lt=1) = 0.2

@@ -42,11 +42,13 @@ def train_kd(recipe, run) -> dict:
     needs_teacher = recipe.loss.kind != "ce"
     uses_at = recipe.loss.kind in ("at", "kd+at")
 
-    x_all, y_all = real.normalize(real.train_x), real.train_y
+    # a tensor, or (a folder or Hub dataset over the memory budget) a dataset decoded from disk per item
+    x_all, y_all = real.normalized_train(), real.train_y
     shots = recipe.data.shots
     if shots > 0:
         idx = sample_shots(y_all, shots, spec.num_classes, run.generator("shots"))
-        x_all, y_all = x_all[idx], y_all[idx]
+        x_all = x_all.tensor_at(idx) if real.streamed else x_all[idx]  # a few shots always fit in memory
+        y_all = y_all[idx]
         run.record(shots={"per_class": shots, "indices": idx.tolist()})
     epochs, milestones = (scaled_schedule(recipe.schedule.epochs, recipe.schedule.milestones, len(real.train_y),
                                           spec.num_classes, shots) if recipe.schedule.scale_with_shots
@@ -71,7 +73,10 @@ def train_kd(recipe, run) -> dict:
         check_attention_pairs(s_tap, t_tap, student, teacher, spec.shape, device)
 
     opt = engine.make_optimizer(student.parameters(), recipe.optim)
-    batches = engine.TensorBatches(x_all, y_all, recipe.data.batch_size, run.generator("order"), device)
+    if getattr(x_all, "streamed", False):  # the same order from the same generator, decoded as it goes
+        batches = engine.LoaderBatches(x_all.with_labels(y_all), recipe.data.batch_size, run.generator("order"), device)
+    else:
+        batches = engine.TensorBatches(x_all, y_all, recipe.data.batch_size, run.generator("order"), device)
     sched = step_schedule(opt, milestones, recipe.schedule.gamma,
                           steps_per_epoch=engine.optimizer_steps(len(batches), recipe.loop.accumulate))
     trainer = engine.Engine(run, student, opt, sched, speed=recipe.speed, loop=recipe.loop)

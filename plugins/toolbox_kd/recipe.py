@@ -11,7 +11,7 @@ from toolbox.recipes import (
     ArchSection,
     BatchSize,
     Count,
-    DatasetName,
+    DataSource,
     Float,
     Int,
     Interval,
@@ -33,8 +33,7 @@ class Student(ArchSection):
     kwargs: dict = {}
 
 
-class Data(Section):
-    dataset: DatasetName = "digits"
+class Data(DataSource):  # dataset (any reference), image_size, channels
     shots: Int(0, 10**6) = 0  # real images per class; 0 = the whole training split
     batch_size: BatchSize = 64
     augment: Literal["none", "crop", "crop_flip"] = "none"

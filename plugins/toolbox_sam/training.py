@@ -16,7 +16,7 @@ def train_sam(recipe, run) -> dict:
     train_y = symmetric_label_noise(real.train_y, real.num_classes, recipe.data.label_noise, recipe.data.label_noise_seed)
     s = recipe.sam
     kind = "plain" if s.radius <= 0 else "fisher-sam" if s.fisher else "asam" if s.adaptive else "sam"
-    model, final = fit(recipe, run, real, real.normalize(real.train_x), train_y,
+    model, final = fit(recipe, run, real, real.normalized_train(), train_y,
                        f"{kind} {recipe.model.arch} on {real.name}")
     run.save_model(model, arch=recipe.model.arch, arch_kwargs=recipe.model.kwargs, dataset=real.spec, metrics=final,
                    extra={"sam": {"kind": kind, **s.model_dump()},

@@ -16,7 +16,7 @@ def _train_set(recipe):
         real = data.load(syn.config["dataset"])
         return real, syn.images, syn.labels, syn.source
     real = data.load(recipe.data.dataset)
-    return real, real.normalize(real.train_x), real.train_y, None
+    return real, real.normalized_train(), real.train_y, None  # a tensor, or streamed from disk
 
 
 def train_classifier(recipe, run) -> dict:

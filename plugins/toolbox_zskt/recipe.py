@@ -7,7 +7,7 @@ from toolbox.recipes import (
     ArchSection,
     BatchSize,
     Count,
-    DatasetName,
+    DataSource,
     Float,
     Int,
     Interval,
@@ -25,9 +25,9 @@ class Student(ArchSection):
     kwargs: dict = {}
 
 
-class Data(Section):
+class Data(DataSource):
     # only the test split is read (evaluation); the student never sees a training image
-    dataset: DatasetName = "digits"
+    pass
 
 
 class GeneratorSection(Section):

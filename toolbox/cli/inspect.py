@@ -89,11 +89,16 @@ def models(pattern, as_json):
 
 
 @click.command()
+@click.argument("ref", required=False)
 @click.option("--json", "as_json", is_flag=True)
-def datasets(as_json):
-    """Registered datasets, where they are looked for, and whether they are present."""
+def datasets(ref, as_json):
+    """Registered datasets, where they are looked for, and whether they are present; with REF (a folder
+    of class subfolders or hf-hub:org/name@rev), that dataset's classes, counts, image sizes, split and
+    statistics cache."""
     from .. import plugins as plugin_loader
 
+    if ref:
+        return _describe_dataset(ref, as_json)
     rows = [{"name": d.name, "classes": d.num_classes, "shape": list(d.shape), "where": d.where(),
              "present": d.present(), "files": list(d.files), "plugin": d.plugin}
             for d in sorted(plugin_loader.load().registry.datasets.values(), key=lambda d: d.name)]
@@ -102,6 +107,51 @@ def datasets(as_json):
     _table("datasets", ["name", "classes", "shape", "present", "where", "files"],
            [(r["name"], r["classes"], "x".join(map(str, r["shape"])), "yes" if r["present"] else "no", r["where"],
              ", ".join(r["files"])) for r in rows])
+
+
+def _describe_dataset(ref: str, as_json: bool):
+    from .. import plugins as plugin_loader
+    from ..data import refs
+
+    registry = plugin_loader.load().registry
+    canonical = refs.canonical(ref, registry.datasets)
+    if refs.kind(refs.split_options(canonical)[0], registry.datasets) == "name":
+        d = registry.dataset(canonical)
+        info = {"ref": d.name, "where": d.where(), "classes": list(d.classes), "shape": list(d.shape),
+                "present": d.present(), "summary": d.summary, "statistics": {"mean": list(d.mean), "std": list(d.std)}}
+        if as_json:
+            return _json(info)
+        for key in ("ref", "summary", "where", "present", "shape"):
+            click.echo(f"{key}: {info[key]}")
+        click.echo(f"classes ({len(d.classes)}): {', '.join(d.classes)}")
+        return None
+    from ..data.sources import describe, scan
+
+    info = describe(scan(canonical))
+    if as_json:
+        return _json(info)
+    names = info["classes"]
+    click.echo(f"dataset: {info['ref']}")
+    click.echo(f"where: {info['where']}")
+    source = info["source"]
+    if source.get("commit"):
+        click.echo(f"commit: {source['commit']}")
+    else:
+        click.echo(f"fingerprint: {source.get('fingerprint')} ({source.get('files')} files)")
+    split = info["split"] or {}
+    how = (f"{split.get('train')}/ and {split.get('test')}/ folders" if split.get("kind") == "folders" else
+           f"stratified, {split.get('test_fraction')} of each class for testing, seed {split.get('seed')}"
+           if split.get("kind") == "stratified" else f"files: {', '.join(split.get('splits') or [])}")
+    click.echo(f"split: {how}; {info['train']} train / {info['test']} test images")
+    sizes = ", ".join(f"{k} ({v})" for k, v in list(info["image_sizes"].items())[:5])
+    click.echo(f"image sizes: {sizes}; decoded as {'x'.join(map(str, info['shape']))} (channels x height x width)")
+    click.echo(f"classes ({len(names)}):")
+    for name, n in zip(names, info["per_class_train"]):
+        click.echo(f"  {name}: {n} train")
+    stats = info["statistics"]
+    click.echo(f"statistics cache: {info['cache']}" + (f" (mean {stats['mean']}, std {stats['std']})" if stats
+                                                      else " (not computed yet: the first run computes it)"))
+    return None
 
 
 @click.command()

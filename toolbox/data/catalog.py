@@ -23,6 +23,8 @@ _STATS = {
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+    # the SPT/LSA reference code's values (utils/dataloader.py, T-IMNET)
+    "tiny-imagenet": ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
 }
 
 
@@ -47,7 +49,7 @@ _CLASSES = {
 def _on_disk(name: str, num_classes: int, shape: tuple[int, int, int], summary: str) -> DatasetSpec:
     mean, std = _STATS[name]
     return DatasetSpec(
-        name=name, num_classes=num_classes, shape=shape, mean=mean, std=std, classes=_CLASSES[name],
+        name=name, num_classes=num_classes, shape=shape, mean=mean, std=std, classes=_CLASSES.get(name, ()),
         load=f"{READERS}:load_{name.replace('-', '_')}", summary=summary, folder=name,
         files=download.file_names(name),
         is_present=partial(download.present, name), location=partial(download.location, name),
@@ -67,4 +69,7 @@ def datasets() -> list[DatasetSpec]:
         _on_disk("svhn", 10, (3, 32, 32), "SVHN house numbers, 73,257 train / 26,032 test (.mat files)"),
         _on_disk("cifar10", 10, (3, 32, 32), "CIFAR-10, 50k train / 10k test (binary version)"),
         _on_disk("cifar100", 100, (3, 32, 32), "CIFAR-100 fine labels, 50k train / 10k test (binary version)"),
+        # class k = the k-th wnid in sorted order (ImageFolder's), as the SPT/LSA code reads it
+        _on_disk("tiny-imagenet", 200, (3, 64, 64), "Tiny-ImageNet (CS231n), 200 classes of 64x64, 100k train / "
+                 "10k val (the test split: the published test images have no labels)"),
     ]

@@ -63,6 +63,11 @@ SOURCES: dict[str, tuple[Remote, ...]] = {
         Remote("train_32x32.mat", _SVHN + "train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
         Remote("test_32x32.mat", _SVHN + "test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3"),
     ),
+    # CS231n's Tiny-ImageNet (the zip holds train/<wnid>/images/*.JPEG, val/images + val_annotations.txt)
+    "tiny-imagenet": (Remote(
+        "tiny-imagenet-200.zip", "http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de",
+        ("tiny-imagenet-200/wnids.txt", "tiny-imagenet-200/val/val_annotations.txt"),
+    ),),
 }
 
 

@@ -10,7 +10,9 @@ the file and the fix.
 from __future__ import annotations
 
 import gzip
+import io
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -70,6 +72,93 @@ def load_cifar100():
 def load_svhn():
     folder = download.require("svhn")
     return _tensors(*_svhn_mat(folder / "train_32x32.mat"), *_svhn_mat(folder / "test_32x32.mat"))
+
+
+TINY = "tiny-imagenet-200"
+TINY_SIZE = 64
+
+
+def load_tiny_imagenet():
+    """Tiny-ImageNet in its published layout, from the unpacked folder or straight from the zip (nothing
+    is extracted): classes = the wnids of wnids.txt in sorted order; train/<wnid>/images/*.JPEG; the
+    labelled val/images/*.JPEG (val_annotations.txt: file, wnid, box) serve as the test split. Every image
+    becomes RGB (a few are grayscale JPEGs)."""
+    folder = download.require("tiny-imagenet")
+    with _TinyFiles(folder) as files:
+        wnids = sorted({w.strip() for w in files.text("wnids.txt").splitlines() if w.strip()})
+        if len(wnids) != 200:
+            raise _corrupt(files.where, f"wnids.txt lists {len(wnids)} classes, expected 200")
+        label = {w: i for i, w in enumerate(wnids)}
+        train = [(m, label[w]) for w in wnids for m in files.listing(f"train/{w}/images/")]
+        test = []
+        for line in files.text("val/val_annotations.txt").splitlines():
+            parts = line.split("\t")
+            if len(parts) < 2:
+                continue
+            if parts[1] not in label:
+                raise _corrupt(files.where, f"val_annotations.txt names class {parts[1]}, which wnids.txt lacks")
+            test.append((f"val/images/{parts[0]}", label[parts[1]]))
+        if not train or not test:
+            raise _corrupt(files.where, f"{len(train)} training and {len(test)} validation images found")
+        train_x = np.stack([files.rgb(m) for m, _ in train])
+        test_x = np.stack([files.rgb(m) for m, _ in test])
+    return _tensors(train_x, [y for _, y in train], test_x, [y for _, y in test])
+
+
+class _TinyFiles:
+    """Members of tiny-imagenet-200/ from the unpacked folder if it is there, else from the zip."""
+
+    def __init__(self, folder: Path):
+        self.root = folder / TINY
+        self.zip = None
+        if not (self.root / "wnids.txt").is_file():
+            self.where = folder / "tiny-imagenet-200.zip"
+            try:
+                self.zip = zipfile.ZipFile(self.where)
+                self.names = sorted(n for n in self.zip.namelist() if not n.endswith("/"))
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise _corrupt(self.where, str(e)) from e
+        else:
+            self.where = self.root
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.zip is not None:
+            self.zip.close()
+
+    def read(self, member: str) -> bytes:
+        try:
+            if self.zip is None:
+                return (self.root / member).read_bytes()
+            return self.zip.read(f"{TINY}/{member}")
+        except (KeyError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+            raise _corrupt(self.where, f"{member}: {e}") from e
+
+    def text(self, member: str) -> str:
+        return self.read(member).decode("utf-8", errors="replace")
+
+    def listing(self, prefix: str) -> list[str]:
+        """Image members under ``prefix``, sorted."""
+        if self.zip is None:
+            folder = self.root / prefix
+            found = sorted(p.name for p in folder.iterdir() if p.suffix.upper() == ".JPEG") if folder.is_dir() else []
+            return [prefix + n for n in found]
+        start = f"{TINY}/{prefix}"
+        return [n[len(TINY) + 1:] for n in self.names if n.startswith(start) and n.upper().endswith(".JPEG")]
+
+    def rgb(self, member: str) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(self.read(member))) as im:
+                im = im.convert("RGB")
+                if im.size != (TINY_SIZE, TINY_SIZE):
+                    im = im.resize((TINY_SIZE, TINY_SIZE), Image.Resampling.BILINEAR)
+                return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise _corrupt(self.where, f"{member}: {e}") from e
 
 
 def _load_idx_dataset(name: str):
