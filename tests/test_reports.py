@@ -84,3 +84,15 @@ def test_listing_tables_keep_names_whole_and_print_brackets_literally(monkeypatc
     assert "condense/cifar10-dc-ipc1" in names and "zskt/digits" in names
     assert set(registry.architectures) <= {line.split("│")[1].strip() for line in models.stdout.splitlines()
                                            if line.startswith("│")}
+
+
+def test_the_datasets_listing_prints_paths_and_file_names_whole(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    plugins.reset()
+    registry = plugins.load().registry
+    listing = CliRunner().invoke(cli, ["datasets"])
+    assert listing.exit_code == 0, listing.output
+    words = set(listing.stdout.split())
+    for spec in registry.datasets.values():
+        assert spec.name in words and spec.where() in words
+        assert spec.present() or set(spec.files) <= words

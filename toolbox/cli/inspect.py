@@ -104,9 +104,14 @@ def datasets(ref, as_json):
             for d in sorted(plugin_loader.load().registry.datasets.values(), key=lambda d: d.name)]
     if as_json:
         return _json(rows)
-    _table("datasets", ["name", "classes", "shape", "present", "where", "files"],
-           [(r["name"], r["classes"], "x".join(map(str, r["shape"])), "yes" if r["present"] else "no", r["where"],
-             ", ".join(r["files"])) for r in rows])
+    # a block per dataset: in a table, the folder paths and file names wrapped mid-name at 80 columns
+    for r in rows:
+        state = "present" if r["present"] else "not on disk"
+        click.echo(f"{r['name']}  ({r['classes']} classes, {'x'.join(map(str, r['shape']))}, {state})")
+        click.echo(f"    where: {r['where']}")
+        if r["files"] and not r["present"]:
+            click.echo("    files: " + "\n           ".join(r["files"]))
+    click.echo("your own: toolbox datasets ./folder (class subfolders) or hf-hub:org/name@rev")
 
 
 def _describe_dataset(ref: str, as_json: bool):
