@@ -172,3 +172,14 @@ def test_a_saved_recipe_reads_back_as_the_same_recipe(supervised):
     again = recipes.yaml_load(text)
     assert again["description"] == "1e5" and again["optim"]["lr"] == 0.001
     assert supervised.recipe_model().model_validate(again) == recipe
+
+
+def test_an_expected_number_is_dropped_when_the_dataset_is_changed():
+    from toolbox import plugins
+    from toolbox.recipes import load_recipe
+
+    method = plugins.load().registry.method("supervised", "train")
+    kept, _ = load_recipe(method, "supervised/digits", ["epochs=3"])
+    moved, text = load_recipe(method, "supervised/digits", ["data.dataset=mnist"])
+    assert kept.expect is not None and kept.expect.value == 0.97
+    assert moved.expect is None and "expect: null" in text.splitlines()

@@ -375,7 +375,11 @@ def load_recipe(method, ref: str | None, overrides=()):
     if data["method"] != method.name:
         raise UsageError(f"recipe {ref} is for method '{data['method']}', not '{method.name}'; "
                          f"run it with `toolbox <verb> {data['method']}` or pick another recipe")
+    written_for = (data.get("data") or {}).get("dataset") if isinstance(data.get("data"), dict) else None
     apply_overrides(data, overrides)
+    now = (data.get("data") or {}).get("dataset") if isinstance(data.get("data"), dict) else None
+    if written_for is not None and now != written_for:
+        data.pop("expect", None)  # the recipe's expected number is for its own dataset, not this one
     if data.get("method") != method.name:
         raise UsageError("the 'method' key cannot be overridden; choose the method on the command line")
     schema = method.recipe_model()
