@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
+from . import distributed
 from .errors import UsageError
 from .recipes import BatchSize, Count, Float, Int, Section
 
@@ -60,12 +61,20 @@ class TensorBatches:
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch)
 
-    def epoch(self, epoch: int):
+    def total(self, i: int) -> int:
+        """The size of the epoch's ``i``-th batch over all ranks."""
+        return min(self.batch, self.n - i * self.batch)
+
+    def epoch(self, epoch: int, part=None):
+        """The epoch's batches; with ``part`` (n -> slice, toolbox.distributed.share) each is this rank's
+        slice of the batch all ranks drew together."""
         import torch
 
         order = torch.randperm(self.n, generator=self.generator, device=self.generator.device).to(self.device)
         for i in range(len(self)):
             idx = order[i * self.batch:(i + 1) * self.batch]
+            if part is not None:
+                idx = idx[part(len(idx))]
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)  # x[idx]'s values, a fast gather
 
 
@@ -100,11 +109,16 @@ class LoaderBatches:
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch)
 
-    def epoch(self, epoch: int):
+    def total(self, i: int) -> int:
+        return min(self.batch, self.n - i * self.batch)
+
+    def epoch(self, epoch: int, part=None):
+        """As TensorBatches.epoch: ``part`` makes each batch this rank's slice, and only it is loaded."""
         import torch
 
         order = torch.randperm(self.n, generator=self.generator)
-        self._order.batches = [order[i * self.batch:(i + 1) * self.batch].tolist() for i in range(len(self))]
+        batches = [order[i * self.batch:(i + 1) * self.batch] for i in range(len(self))]
+        self._order.batches = [(b[part(len(b))] if part is not None else b).tolist() for b in batches]
         # workers are seeded as they start (once, when persistent) from this, not from any run stream
         self._seeds.manual_seed(self.generator.initial_seed() + epoch)
         for x, y in self.loader:
@@ -258,14 +272,28 @@ class Engine:
         self.speed = speed if isinstance(speed, Resolved) else resolve(speed, self.run.device)
         self.run.record(speed=self.speed.record())
         self.speed.layout(model)
-        self.forward = self.speed.maybe_compile(model)
+        # several ranks: each computes its slice of every batch and DDP averages the gradients; a
+        # helper model (no run) is trained whole by the rank that owns it
+        self.parallel = run is not None and distributed.world() > 1
+        if self.parallel:
+            sync_bn = bool(getattr(getattr(run.recipe, "parallel", None), "sync_bn", False))
+            self.run.record(world_size=distributed.world(), sync_bn=sync_bn)
+            forward = distributed.wrap(model, sync_bn=sync_bn)
+        else:
+            forward = model
+        self.forward = self.speed.maybe_compile(forward)
         self.scaler = self.speed.grad_scaler()
+        self.weight = 1.0  # this rank's share of the current batch's mean (see distributed.weight)
 
     # --- pieces a method's own step calls --------------------------------------------------------
     def autocast(self):
         return self.speed.autocast()
 
     def backward(self, loss) -> None:
+        """Backward of a batch-mean loss; on several ranks weighted so that DDP's mean of the ranks'
+        gradients is the gradient of the mean over the whole batch."""
+        if self.weight != 1.0:
+            loss = loss * self.weight
         self.scaler.scale(loss).backward()
 
     def clip(self) -> None:
@@ -309,6 +337,7 @@ class Engine:
             raise UsageError(f"loop.accumulate={self.loop.accumulate} needs the engine's own step, and this method "
                              "supplies a whole step (e.g. SAM's two passes); set loop.accumulate=1")
         run, steps = self.run, len(batches)
+        part = distributed.share if self.parallel else None
         # everything that draws random numbers at construction exists by now: restore is safe here
         start = run.restore(**self._stateful())
         metrics: dict = {}
@@ -317,7 +346,9 @@ class Engine:
                 self.model.train()
                 losses: list[float] = []
                 window: list = []
-                for i, (x, y) in enumerate(batches.epoch(epoch)):
+                for i, (x, y) in enumerate(batches.epoch(epoch, part) if part else batches.epoch(epoch)):
+                    if part:
+                        self.weight = distributed.weight(len(x), batches.total(i))
                     if self.speed.channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=_channels_last())
                     if step is not None:
@@ -325,13 +356,15 @@ class Engine:
                         self._schedule()
                     else:
                         value = self._loss_step(loss, x, y, i, steps)
-                    window.append(value.detach())
+                    # the rank's part of the batch mean: the ranks' parts sum to it
+                    window.append(value.detach() * (self.weight / distributed.world()) if part else value.detach())
                     if len(window) == self.loop.log_every:
                         self._read(window, losses, epoch * steps + i + 1 - len(window), bar)
                 self._read(window, losses, epoch * steps + steps - len(window), bar)
                 metrics = {"train_loss": sum(losses) / len(losses), "lr": self._lr()}
                 if evaluate is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                    metrics.update(evaluate(self.model))
+                    # rank 0 evaluates the model every rank holds; the others get its numbers
+                    metrics.update(distributed.from_main(lambda: evaluate(self.model)) if part else evaluate(self.model))
                 run.log(epoch + 1, **metrics)
                 bar.update(1, **{k: v for k, v in metrics.items() if k != "lr"})
                 if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs:
@@ -368,7 +401,12 @@ class Engine:
             return
         import torch
 
-        values = torch.stack([v.float() for v in window]).tolist()
+        stacked = torch.stack([v.float() for v in window])
+        if self.parallel:
+            import torch.distributed as dist
+
+            dist.all_reduce(stacked)  # the parts of each step's batch mean, one collective per window
+        values = stacked.tolist()
         window.clear()
         for j, v in enumerate(values):
             if not math.isfinite(v):

@@ -180,6 +180,14 @@ class Speed(Section):
     compile: bool | Literal["auto"] = "auto"
 
 
+class Parallel(Section):
+    """The ``parallel:`` section, read when a run has several ranks (torchrun, ``--nproc``). sync_bn:
+    batch norms normalise over the whole global batch (torch's SyncBatchNorm, CUDA only) instead of
+    each rank's slice."""
+
+    sync_bn: bool = False
+
+
 class RecipeBase(Section):
     method: str
     seed: Seed = 0
@@ -187,6 +195,7 @@ class RecipeBase(Section):
     expect: Expect | None = None
     checkpoint_every: Interval = 0  # steps between checkpoints; 0 = the method's default
     speed: Speed = Speed()  # mixed precision, channels_last, torch.compile (toolbox.speed); recorded in run.json
+    parallel: Parallel = Parallel()  # several ranks (toolbox.distributed)
 
 
 # --- reading YAML ------------------------------------------------------------------------------

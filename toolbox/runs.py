@@ -62,7 +62,7 @@ class Progress:
     the pace since the bar started, not rich's default 30-second window, which on a shared machine
     made the estimate jump (0:22 -> 0:59 -> 1:56 -> 0:09)."""
 
-    def __init__(self, total: int, description: str, start: int = 0):
+    def __init__(self, total: int, description: str, start: int = 0, shown: bool = True):
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -75,7 +75,7 @@ class Progress:
         self._bar = RichProgress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-            disable=os.environ.get("TOOLBOX_NO_PROGRESS") == "1", speed_estimate_period=24 * 3600,
+            disable=not shown or os.environ.get("TOOLBOX_NO_PROGRESS") == "1", speed_estimate_period=24 * 3600,
         )
         self._task = self._bar.add_task(description, total=total, completed=start, metrics="")
 
@@ -98,9 +98,13 @@ def _fmt(v) -> str:
 
 
 class Run:
-    """What a method sees of its run. See docs/core-api.md."""
+    """What a method sees of its run. See docs/core-api.md.
 
-    def __init__(self, dir: Path, recipe, method: str, verb: str, device, resumed: bool = False):
+    ``main`` False: a rank other than 0 of a run on several processes (toolbox.distributed). It trains
+    and restores like rank 0 but writes nothing, shows no progress and logs to no tracker: rank 0 holds
+    the same state (every rank draws the same random numbers) and writes it for all."""
+
+    def __init__(self, dir: Path, recipe, method: str, verb: str, device, resumed: bool = False, main: bool = True):
         import numpy as np
         import torch
 
@@ -111,6 +115,7 @@ class Run:
         self.device = device
         self.seed = int(recipe.seed)
         self.resumed = resumed
+        self.main = main
         self._generators: dict[str, Any] = {}
         self._start = time.time()
         self._nested = 0.0  # seconds spent in nested runs (a default teacher), not this run's own time
@@ -167,6 +172,8 @@ class Run:
 
     # --- metrics and progress ----------------------------------------------------------------
     def log(self, step: int, **metrics) -> None:
+        if not self.main:
+            return
         line = {"step": int(step), "time": round(time.time() - self._start - self._nested, 3)}
         line.update({k: _jsonable(v) for k, v in metrics.items()})
         with open(self.dir / "metrics.jsonl", "a") as f:
@@ -183,12 +190,20 @@ class Run:
         """Start the --log sinks (recorded in run.json, so --resume reopens them)."""
         from .registry import current, resolve
 
+        if not self.main:
+            return
         info = json.loads((self.dir / "run.json").read_text())
         for name in names:
             logger = current().logger(name)
             sink = resolve(logger.open)(self.dir, info)
             self._sinks[name] = sink
             self.record(loggers=list(self._sinks), **(sink.record() if hasattr(sink, "record") else {}))
+
+    def end(self, status: str) -> None:
+        """Close the trackers and set run.json's status (rank 0's job)."""
+        if self.main:
+            self.close_loggers(status)
+            _set_status(self.dir, status)
 
     def close_loggers(self, status: str) -> None:
         for name, sink in list(self._sinks.items()):
@@ -199,7 +214,7 @@ class Run:
         self._sinks.clear()
 
     def progress(self, total: int, description: str, start: int = 0) -> Progress:
-        return Progress(total, description, start)
+        return Progress(total, description, start, shown=self.main)
 
     def check_finite(self, loss, step: int) -> None:
         value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
@@ -211,6 +226,8 @@ class Run:
 
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, state: dict, step: int) -> None:
+        if not self.main:
+            return
         save_state(self.dir / CHECKPOINT, {"step": int(step), "state": state, "rng": self._rng_state()})
 
     def load_checkpoint(self) -> dict | None:
@@ -311,6 +328,8 @@ class Run:
                               "restore the recipe the run started with, or start a new run")
 
     def _truncate_metrics(self, step: int) -> None:
+        if not self.main:
+            return
         path = self.dir / "metrics.jsonl"
         if not path.exists():
             return
@@ -322,6 +341,8 @@ class Run:
                    extra: dict | None = None, prefix: str = "model") -> Path:
         from .artifacts import save_model
 
+        if not self.main:
+            return self.dir / prefix
         info = json.loads((self.dir / "run.json").read_text())
         return save_model(self.dir, model, arch=arch, arch_kwargs=arch_kwargs, dataset=dataset,
                           method=self.method, metrics=metrics, extra=extra, prefix=prefix,
@@ -333,16 +354,22 @@ class Run:
         """images/<name>.png; ``labels`` under each tile and a ``title`` make it a labelled figure."""
         from .images import save_grid
 
+        if not self.main:
+            return self.dir / "images" / f"{name}.png"
         return save_grid(self.dir / "images" / f"{name}.png", images, mean=mean, std=std, nrow=nrow, labels=labels,
                          title=title)
 
     def save_figure(self, name: str, fig) -> Path:
         path = self.dir / "images" / f"{name}.png"
+        if not self.main:
+            return path
         path.parent.mkdir(exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")
         return path
 
     def record(self, **info) -> None:
+        if not self.main:
+            return
         path = self.dir / "run.json"
         data = json.loads(path.read_text())
         data.setdefault("records", {}).update({k: _jsonable(v) for k, v in info.items()})
@@ -381,8 +408,10 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
 
     With ``resume``, the run's saved verb and method must match ``verb`` and ``method_name`` (empty: any
     method). The process holds the run directory's lock (toolbox.locks) for as long as it writes it.
+    Started by torchrun as one of several ranks (toolbox.distributed), every rank runs the method and
+    rank 0 alone decides the run directory, holds its lock and writes it.
     """
-    from . import plugins, recipes
+    from . import distributed, plugins, recipes
 
     pm = plugins.load()
     for name in log:
@@ -393,55 +422,72 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
         verb, method_name = info["verb"], info["method"]
         method = pm.registry.method(method_name, verb)
         log = list(dict.fromkeys([*((info.get("records") or {}).get("loggers") or []), *log]))
+        text = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").exists() else ""
     else:
         method = pm.registry.method(method_name, verb)
         recipe, text = recipes.load_recipe(method, recipe_ref, overrides)
         run_dir = Path(out) if out else _default_dir(verb, method_name, recipe)
-        check_new_run_dir(run_dir)
-    dev = resolve_device(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with locks.hold(run_dir):
+        if distributed.is_main():
+            check_new_run_dir(run_dir)
+    dev = distributed.init(resolve_device(device))
+    world = distributed.world()
+    if world > 1:
+        distributed.check_same("recipe", recipes.recipe_hash(text))
+        distributed.check_same("toolbox and plugin versions",
+                               repr([__version__, sorted((p.name, p.version) for p in pm.loaded)]))
+    main = distributed.is_main()
+    with contextlib.ExitStack() as held:
+        def prepare() -> str:
+            """Rank 0's part: take the folder's lock and write (or check) what starts the run."""
+            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(locks.hold(run_dir))
+            if resume is not None:
+                _resumable_info(run_dir, verb, method_name)  # again: it may have finished while we looked
+                # a process killed while writing a file atomically leaves its temporary copy
+                for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+                    remove_stale_temporaries(folder)
+            else:
+                check_new_run_dir(run_dir)  # again: another process may have started a run here meanwhile
+                atomic_write_text(run_dir / "recipe.yaml", text)
+                plugin = pm.plugin_info(method.plugin)
+                atomic_write_text(run_dir / "run.json", json.dumps({
+                    "method": method_name, "verb": verb, "plugin": method.plugin,
+                    "distribution": plugin.dist if plugin else None,
+                    "plugin_version": plugin.version if plugin else None, "toolbox_version": __version__,
+                    "seed": recipe.seed, "device": str(dev), "command": sys.argv,
+                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "recipe_hash": recipes.recipe_hash(text), "status": "running",
+                }, indent=2))
+            _set_status(run_dir, "running", device=str(dev), world_size=world)
+            return str(run_dir)
+
+        run_dir = Path(distributed.from_main(prepare))
+        if main:
+            from .launch import note_run_dir
+
+            note_run_dir(run_dir)
         if resume is not None:
-            _resumable_info(run_dir, verb, method_name)  # again: it may have finished while we looked
             recipe, _ = recipes.load_recipe(method, str(run_dir / "recipe.yaml"), ())
-            # a process killed while writing a file atomically leaves its temporary copy
-            for folder in (run_dir, run_dir / CHECKPOINT_DIR):
-                remove_stale_temporaries(folder)
-        else:
-            check_new_run_dir(run_dir)  # again: another process may have started a run here meanwhile
-            atomic_write_text(run_dir / "recipe.yaml", text)
-            plugin = pm.plugin_info(method.plugin)
-            atomic_write_text(run_dir / "run.json", json.dumps({
-                "method": method_name, "verb": verb, "plugin": method.plugin,
-                "distribution": plugin.dist if plugin else None,
-                "plugin_version": plugin.version if plugin else None, "toolbox_version": __version__,
-                "seed": recipe.seed, "device": str(dev), "command": sys.argv,
-                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "recipe_hash": recipes.recipe_hash(text), "status": "running",
-            }, indent=2))
-        run = Run(run_dir, recipe, method_name, verb, dev, resumed=resume is not None)
-        _set_status(run_dir, "running", device=str(dev))
+        run = Run(run_dir, recipe, method_name, verb, dev, resumed=resume is not None, main=main)
         run.open_loggers(log)
         token = _CURRENT.set(run)
         try:
             metrics = pm.call(verb, method, recipe=recipe, run=run)
         except KeyboardInterrupt:
-            _set_status(run_dir, "interrupted")
-            run.close_loggers("interrupted")
+            run.end("interrupted")
             raise RunError(f"interrupted; continue from the last checkpoint with: toolbox {verb} --resume {run_dir}") from None
         except BaseException:
-            _set_status(run_dir, "failed")
-            run.close_loggers("failed")
+            run.end("failed")
             raise
         finally:
             _CURRENT.reset(token)
         metrics = {k: _jsonable(v) for k, v in (metrics or {}).items()}
-        atomic_write_text(run_dir / "summary.json", json.dumps(metrics, indent=2))
-        from .curves import write_curves
+        if main:
+            atomic_write_text(run_dir / "summary.json", json.dumps(metrics, indent=2))
+            from .curves import write_curves
 
-        write_curves(run_dir, getattr(recipe, "expect", None), f"toolbox {verb} {method_name}: {run_dir.name}")
-        run.close_loggers("finished")
-        _set_status(run_dir, "finished")
+            write_curves(run_dir, getattr(recipe, "expect", None), f"toolbox {verb} {method_name}: {run_dir.name}")
+        run.end("finished")
     return run_dir, metrics
 
 

@@ -37,30 +37,49 @@ class ToolboxGroup(click.Group):
         except ToolboxError as e:
             if debug_enabled(ctx):
                 raise
-            click.echo(f"error: {e}", err=True)
+            _say(f"error: {e}", "rank" if _another_rank_stopped(e) else "toolbox", e.exit_code)
             sys.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
+            _say("error: interrupted", "toolbox", 130)
             sys.exit(130)
         except OSError as e:
             # a path the user named cannot be read or written (permissions, a read-only or missing
             # folder, a full disk): the system's reason and the path are the whole story
             if debug_enabled(ctx) or _strict() or not e.filename:
                 raise
-            click.echo(f"error: cannot use {e.filename}: {e.strerror or e}; choose another path or fix its permissions",
-                       err=True)
+            _say(f"error: cannot use {e.filename}: {e.strerror or e}; choose another path or fix its permissions",
+                 "toolbox", 1)
             sys.exit(1)
         except Exception as e:
             if debug_enabled(ctx) or _strict():  # strict mode: a crashing plugin keeps its traceback
                 raise
             first = str(e).splitlines()[0] if str(e) else ""
-            click.echo(f"error: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)", err=True)
+            _say(f"error: unexpected {type(e).__name__}: {first} (run with --debug for the traceback)", "unexpected", 1)
             sys.exit(1)
 
     def list_commands(self, ctx):
         return list(self.commands)  # in the order they were added: the workflow order
+
+
+def _say(line: str, kind: str, code: int) -> None:
+    """Print an error line, or hand it to the --nproc launcher when this process is one of its ranks
+    (it prints the one line that explains the job). A rank other than 0 that stopped only because
+    another did stays silent."""
+    from ..launch import report
+
+    if report(line, kind, code):
+        return
+    if kind == "rank" and os.environ.get("RANK", "0") != "0":
+        return
+    click.echo(line, err=True)
+
+
+def _another_rank_stopped(e) -> bool:
+    from ..distributed import RankError
+
+    return isinstance(e, RankError)
 
 
 def _usage_line(e: click.UsageError):

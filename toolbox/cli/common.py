@@ -20,6 +20,7 @@ def run_options(f):
         click.option("--log", "log", multiple=True, metavar="TRACKER",
                      help="Also send metrics to a tracker: tensorboard, mlflow or a plugin's (repeatable)."),
         threads_option(),
+        nproc_option(),
         click.option("--debug", is_flag=True, help="Show full tracebacks."),
     ]
     for d in reversed(decorators):
@@ -39,6 +40,38 @@ def threads_option():
 
     return click.option("--threads", type=int, callback=check,
                         help="CPU threads for torch (small nets often run faster on 1).")
+
+
+MAX_NPROC = 1024
+
+
+def nproc_option():
+    """--nproc N: run as N ranks on this machine (torchrun's launcher); each rank applies --device and --threads."""
+    def check(ctx, param, value):
+        if value is not None and not 1 <= value <= MAX_NPROC:
+            raise click.BadParameter(f"must be an integer from 1 to {MAX_NPROC} (got {value})")
+        return value
+
+    return click.option("--nproc", type=int, callback=check,
+                        help="Run as N processes on this machine (data parallel; one per GPU on CUDA).")
+
+
+def maybe_relaunch(nproc) -> bool:
+    """Start this command as ``nproc`` ranks (and return True once they finished) unless it is one already."""
+    import os
+
+    if not nproc or nproc == 1:
+        return False
+    from ..distributed import launched
+
+    if launched():
+        return False  # a rank of a job started with torchrun: the job already has its ranks
+    if "OMP_NUM_THREADS" not in os.environ:  # N ranks each with every core would fight over them
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    from ..launch import relaunch
+
+    relaunch(nproc)
+    return True
 
 
 EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["-h", "--help"]}

@@ -8,15 +8,17 @@ import sys
 import click
 
 from ..errors import UsageError
-from .common import EXTRA, parse_extra, run_options, set_threads, threads_option
+from .common import EXTRA, maybe_relaunch, parse_extra, run_options, set_threads, threads_option
 from .method_help import MethodCommand
 
 
 def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resume, seed, threads, debug, log=(),
-             target=None):
+             target=None, nproc=None):
     from .. import plugins, recipes, runs
 
     ctx.meta["debug"] = debug
+    if maybe_relaunch(nproc):
+        return
     set_threads(threads)
     pm = plugins.load()
     if resume:
@@ -58,8 +60,11 @@ def _execute(ctx, verb, method_name, extra, recipe, overrides, device, out, resu
 
 
 def _report(run_dir, metrics):
+    from ..distributed import is_main
     from ..summary import print_summary
 
+    if not is_main():
+        return
     print_summary(run_dir)
     click.echo(f"evaluate it: toolbox evaluate {run_dir}\nshow it again: toolbox show {run_dir}")
 
