@@ -161,8 +161,24 @@ def check_same(what: str, value: str) -> None:
         from .errors import UsageError
 
         differ = [r for r, v in enumerate(values) if v != values[0]]
+        if rank() != 0:  # rank 0 says it for all
+            raise RankError(f"rank 0 refused to start: ranks differ in their {what}")
         raise UsageError(f"rank(s) {', '.join(map(str, differ))} started with a different {what} than rank 0; "
                          "start every rank with the same command and the same installed toolbox and plugins")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank went away (its socket closed, the
+    group was aborted), as opposed to a failure of this rank's own."""
+    if world() == 1:
+        return False
+    import torch.distributed as dist
+
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "ProcessGroup"))
 
 
 def barrier() -> None:

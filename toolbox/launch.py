@@ -70,8 +70,11 @@ def explain(errors: Path, failures: dict, nproc: int) -> tuple[str, int]:
             continue
     own = [said[r] for r in sorted(said) if said[r].get("kind") == "toolbox"]
     if own:  # a rank said what went wrong in words (bad input, NaN loss, a corrupt checkpoint)
-        return own[0]["line"], int(own[0].get("code", 1))
-    first = min(failures.values(), key=lambda f: (f.timestamp, f.local_rank)) if failures else None
+        return own[0]["line"].removeprefix("error: "), int(own[0].get("code", 1))
+    # the launcher stops the surviving ranks with SIGTERM once one failed, and a survivor may first
+    # fail at a collective with its peer gone: the cause is a rank that died otherwise, if one did
+    first = min(failures.values(), key=lambda f: (f.exitcode == -signal.SIGTERM, f.exitcode > 0, f.timestamp,
+                                                  f.local_rank)) if failures else None
     if first is not None and first.exitcode < 0:
         try:
             how = f"was killed by {signal.Signals(-first.exitcode).name}"
@@ -84,7 +87,7 @@ def explain(errors: Path, failures: dict, nproc: int) -> tuple[str, int]:
     rank = first.local_rank if first is not None else "?"
     lines = [s["line"] for s in said.values() if s.get("kind") == "unexpected"]
     why = f" ({lines[0]})" if lines and first is not None and first.exitcode > 0 else ""
-    return f"rank {rank} {how}{why}; {_continue_hint(errors, nproc)}", 1
+    return f"rank {rank} {how}{why.replace('(error: ', '(')}; {_continue_hint(errors, nproc)}", 1
 
 
 def _continue_hint(errors: Path, nproc: int) -> str:

@@ -167,6 +167,10 @@ class Plugins:
         except ToolboxError:
             raise
         except Exception as e:
+            from .distributed import RankError, lost_peer
+
+            if lost_peer(e):  # another rank died: its failure, not this plugin's, is the story
+                raise RankError(f"lost another rank ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
             if strict():
                 raise
             info = self.plugin_info(method.plugin)

@@ -469,6 +469,11 @@ def execute(verb: str, method_name: str, recipe_ref: str | None = None, override
         if resume is not None:
             recipe, _ = recipes.load_recipe(method, str(run_dir / "recipe.yaml"), ())
         run = Run(run_dir, recipe, method_name, verb, dev, resumed=resume is not None, main=main)
+        if world > 1:  # which process is which rank: to follow or stop one
+            import socket
+
+            ranks = distributed.gather_objects({"host": socket.gethostname(), "pid": os.getpid(), "device": str(dev)})
+            run.record(ranks=[{"rank": r, **v} for r, v in enumerate(ranks)])
         run.open_loggers(log)
         token = _CURRENT.set(run)
         try:
