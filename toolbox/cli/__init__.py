@@ -120,7 +120,7 @@ def _register():
     from . import inspect, operate, packages
 
     for command in (operate.train, operate.distill, operate.condense, operate.evaluate, operate.export,
-                    inspect.plugins, inspect.methods, inspect.models, inspect.datasets, inspect.recipes, inspect.show,
+                    inspect.plugins, inspect.methods, inspect.models, inspect.datasets, inspect.recipes, inspect.show, inspect.compare,
                     packages.install, packages.uninstall):
         cli.add_command(command)
     try:

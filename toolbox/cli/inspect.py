@@ -7,6 +7,8 @@ import json
 
 import click
 
+from ..errors import UsageError
+
 
 def _table(title, columns, rows):
     from rich.console import Console
@@ -198,3 +200,52 @@ def show(run, as_json, open_images):
     if open_images:
         for image in describe(Path(run))["images"]:
             click.launch(image)
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--by", help="Comma-separated keys that tell groups apart: method, dataset, teacher, student, ipc, "
+                           "loss, seed, world_size or any recipe key (e.g. data.batch_size). Default: those of "
+                           "method, dataset, teacher, student, ipc, loss that the runs have.")
+@click.option("--metric", help="The summary number to compare (default: the one the recipes expect, else accuracy).")
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print a Markdown table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also write the comparison as a PNG bar chart.")
+def compare(runs, by, metric, as_markdown, as_json, plot):
+    """Finished runs as one table: runs that differ only by seed form a group, shown as mean ± std of
+    METRIC over its runs beside the number its recipe expects and the difference.
+
+    \b
+    toolbox compare runs/kd-*                    RUNS: run folders, or folders holding runs
+    toolbox compare runs --by method,student --metric accuracy --markdown > table.md
+    """
+    from .. import compare as comparing
+
+    keys = [k.strip() for k in by.split(",") if k.strip()] if by else None
+    if by is not None and not keys:
+        raise UsageError("--by needs at least one key, e.g. --by method,student")
+    result = comparing.compare(runs, keys, metric)
+    if plot:
+        result["plot"] = str(comparing.plot(result, plot))
+    if as_json:
+        return _json(result)
+    if as_markdown:
+        click.echo(comparing.markdown(result), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    header, body = comparing.rows(result)
+    table = Table(title=f"{result['metric']}: mean ± std over each group's runs")
+    for i, c in enumerate(header):
+        table.add_column(c, no_wrap=i >= len(header) - 4, overflow="fold")  # numbers whole
+    for cells in body:
+        table.add_row(*[Text(x) for x in cells])
+    Console().print(table)
+    for source in comparing.sources(result):
+        click.echo(f"expected: {source}")
+    for why in result["skipped"]:
+        click.echo(f"left out: {why}")
+    if plot:
+        click.echo(f"plot:\n  {result['plot']}")
