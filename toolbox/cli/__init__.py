@@ -119,7 +119,7 @@ def cli(debug):
 def _register():
     from . import inspect, operate, packages
 
-    for command in (operate.train, operate.distill, operate.condense, operate.evaluate, operate.export,
+    for command in (operate.train, operate.distill, operate.condense, operate.evaluate, operate.export, operate.import_checkpoint,
                     inspect.plugins, inspect.methods, inspect.models, inspect.datasets, inspect.recipes, inspect.show, inspect.compare,
                     packages.install, packages.uninstall):
         cli.add_command(command)

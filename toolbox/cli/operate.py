@@ -219,3 +219,24 @@ def export(ctx, source, fmt, output, force, debug):
     path = export_model(source, fmt, output, force=force)
     click.echo(str(path))
     sys.stdout.flush()
+
+
+@click.command(name="import")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--arch", required=True, help="The architecture the weights are for (see `toolbox models`).")
+@click.option("--dataset", required=True, help="The dataset it was trained on: its classes, shape and normalisation.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The new model folder.")
+@click.option("--debug", is_flag=True)
+@click.pass_context
+def import_checkpoint(ctx, checkpoint, arch, dataset, out, debug):
+    """Turn a published PyTorch checkpoint (e.g. a paper's teacher) into a toolbox model folder.
+
+    Reads weights only (torch.load with weights_only=True: no code runs), accepts tensors only, maps
+    the checkpoint's key names onto ARCH strictly and records the file's sha256.
+    """
+    from ..checkpoint_import import import_checkpoint as do_import
+
+    ctx.meta["debug"] = debug
+    result = do_import(checkpoint, arch, dataset, out)
+    click.echo(f"imported {result['tensors']} tensors ({result['imported_from']['layout']} layout) into\n  {out}\n"
+               f"test it: toolbox evaluate {out}")
