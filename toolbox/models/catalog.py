@@ -5,6 +5,8 @@ from ..registry import Architecture
 WRN = "toolbox.models.wrn:WideResNet"
 CONVNET = "toolbox.models.convnet:ConvNet"
 MLP = "toolbox.models.small:MLP"
+CIFAR_RESNET = "toolbox.models.cifar_resnet:CifarResNet"
+VGG = "toolbox.models.vgg:VGG"
 VIT = "toolbox.models.vit:ViT"
 # dim 64, depth 4, patch 2 on 8x8 digits: the small-data setting of the SPT/LSA digits check
 VIT_TINY = {"patch_size": 2, "dim": 64, "depth": 4, "heads": 4, "dim_head": 16, "mlp_dim": 128}
@@ -16,6 +18,12 @@ def architectures() -> list[Architecture]:
                      {"depth": d, "widen_factor": k})
         for d, k in [(10, 1), (10, 2), (16, 1), (16, 2), (16, 4), (16, 8), (28, 10), (40, 1), (40, 2), (40, 4)]
     ]
+    archs += [Architecture(f"resnet{d}", CIFAR_RESNET, f"CIFAR ResNet-{d} (widths 16/32/64), RepDistiller's", {"depth": d})
+              for d in (8, 14, 20, 32, 44, 56, 110)]
+    archs += [Architecture(f"resnet{d}x4", CIFAR_RESNET, f"CIFAR ResNet-{d} at 4x width (32/64/128/256), RepDistiller's",
+                           {"depth": d, "widths": (32, 64, 128, 256)}) for d in (8, 32)]
+    archs += [Architecture(f"vgg{d}", VGG, f"VGG-{d} with batch norm for CIFAR (no FC head), RepDistiller's", {"depth": d})
+              for d in (8, 11, 13, 16, 19)]
     archs.append(Architecture("convnet", CONVNET, "ConvNet-3: 3 x [conv 128, instance norm, ReLU, avgpool] + linear"))
     archs += [Architecture(f"convnet-d{d}", CONVNET, f"ConvNet depth {d}", {"depth": d}) for d in (1, 2, 3, 4)]
     archs += [Architecture(f"convnet-w{w}", CONVNET, f"ConvNet-3 width {w}", {"width": w}) for w in (32, 64, 256)]
