@@ -1,6 +1,9 @@
 """The distillation benchmarks' CIFAR architectures (RepDistiller's resnet8..110, resnet8x4/32x4,
-vgg8..19 with batch norm): the reference's parameter counts and state-dict names, and its forward pass
-transcribed here, evaluated on our modules' own weights."""
+vgg8..19 with batch norm, MobileNetV2, ShuffleNetV1/V2, ResNet-18/34/50): the reference's parameter
+counts, state-dict names and shapes, and its forward pass transcribed here, evaluated on our modules'
+own weights."""
+
+import hashlib
 
 import pytest
 import torch
@@ -9,14 +12,24 @@ import torch.nn.functional as F
 from toolbox import plugins
 from toolbox.models import build_for
 
-# measured by building RepDistiller's models (models/__init__.py model_dict, num_classes=100) at
-# commit HEAD of HobbitLong/RepDistiller: (parameters, state-dict entries)
+# measured by building RepDistiller's models (models/__init__.py model_dict, plus resnetv2's ResNet18/34;
+# num_classes=100) at HobbitLong/RepDistiller HEAD: parameters, state-dict entries, and the first 16 hex
+# digits of sha256(repr(sorted((name, shape) for each state-dict entry))), i.e. the exact names and
+# shapes its checkpoints hold (None for the WRNs, whose names toolbox import maps: test_checkpoint_import)
 REFERENCE = {
-    "resnet8": (83892, 56), "resnet14": (181108, 92), "resnet20": (278324, 128), "resnet32": (472756, 200),
-    "resnet44": (667188, 272), "resnet56": (861620, 344), "resnet110": (1736564, 668),
-    "resnet8x4": (1233540, 62), "resnet32x4": (7433860, 206),
-    "vgg8": (3965028, 37), "vgg11": (9277284, 58), "vgg13": (9462180, 72), "vgg16": (14774436, 93),
-    "vgg19": (20086692, 114), "wrn-40-2": (2255156, 227), "wrn-16-2": (703284, 83),
+    "resnet8": (83892, 56, "39c6acc1ba29ecf6"), "resnet14": (181108, 92, "7454acde5e53f392"),
+    "resnet20": (278324, 128, "cf710a76243f2b8c"), "resnet32": (472756, 200, "4c790dcab5eb9028"),
+    "resnet44": (667188, 272, "5f33431aeb46da76"), "resnet56": (861620, 344, "5d442f2912af2aaf"),
+    "resnet110": (1736564, 668, "8f50cd07f82e75cb"), "resnet8x4": (1233540, 62, "6cfd514df58b28af"),
+    "resnet32x4": (7433860, 206, "86c2084be49fc2a3"),
+    "vgg8": (3965028, 37, "0a387e34dd845714"), "vgg11": (9277284, 58, "88383b98d4479b4b"),
+    "vgg13": (9462180, 72, "86b9c338b9dbc6c7"), "vgg16": (14774436, 93, "817ffe596a8f2690"),
+    "vgg19": (20086692, 114, "5a8e42f17ae643c5"),
+    "mobilenetv2": (812836, 320, "4f50e9ebb8f90a54"), "shufflenetv1": (949258, 296, "0d87b45d0a9e89ab"),
+    "shufflenetv2": (1355528, 338, "d2c6860f03cc1a5d"), "resnet50-cifar": (23705252, 320, "13bb09321c5b6498"),
+    "resnet18-cifar": (11220132, 122, "691c4b32b04b1a42"), "resnet34-cifar": (21328292, 218, "f76d613cd3c63742"),
+    "wrn-16-1": (180916, 82, None), "wrn-16-2": (703284, 83, None), "wrn-40-1": (569780, 226, None),
+    "wrn-40-2": (2255156, 227, None),
 }
 
 
@@ -25,9 +38,21 @@ def spec(name="cifar100"):
 
 
 @pytest.mark.parametrize("arch", sorted(REFERENCE))
-def test_parameter_counts_and_state_dict_sizes_are_the_reference_ones(arch):
+def test_parameter_counts_state_dict_names_and_shapes_are_the_reference_ones(arch):
     model = build_for(arch, spec())
-    assert (sum(p.numel() for p in model.parameters()), len(model.state_dict())) == REFERENCE[arch]
+    state = model.state_dict()
+    params, entries, digest = REFERENCE[arch]
+    assert (sum(p.numel() for p in model.parameters()), len(state)) == (params, entries)
+    if digest is not None:
+        names = repr(sorted((k, tuple(v.shape)) for k, v in state.items()))
+        assert hashlib.sha256(names.encode()).hexdigest()[:16] == digest
+
+
+@pytest.mark.parametrize("arch", sorted(REFERENCE))
+def test_every_architecture_also_runs_on_8x8_digits(arch):
+    model = build_for(arch, spec("digits")).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
 def _bn(x, sd, p):

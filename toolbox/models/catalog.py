@@ -7,6 +7,8 @@ CONVNET = "toolbox.models.convnet:ConvNet"
 MLP = "toolbox.models.small:MLP"
 CIFAR_RESNET = "toolbox.models.cifar_resnet:CifarResNet"
 VGG = "toolbox.models.vgg:VGG"
+MOBILE = "toolbox.models.mobile"
+WIDE_STEM = "toolbox.models.resnet_wide_stem:WideStemResNet"
 VIT = "toolbox.models.vit:ViT"
 # dim 64, depth 4, patch 2 on 8x8 digits: the small-data setting of the SPT/LSA digits check
 VIT_TINY = {"patch_size": 2, "dim": 64, "depth": 4, "heads": 4, "dim_head": 16, "mlp_dim": 128}
@@ -24,6 +26,13 @@ def architectures() -> list[Architecture]:
                            {"depth": d, "widths": (32, 64, 128, 256)}) for d in (8, 32)]
     archs += [Architecture(f"vgg{d}", VGG, f"VGG-{d} with batch norm for CIFAR (no FC head), RepDistiller's", {"depth": d})
               for d in (8, 11, 13, 16, 19)]
+    archs += [
+        Architecture("mobilenetv2", f"{MOBILE}:MobileNetV2", "MobileNetV2 T=6 width 0.5 for CIFAR (RepDistiller's MobileNetV2)"),
+        Architecture("shufflenetv1", f"{MOBILE}:ShuffleNetV1", "ShuffleNetV1 groups 3 for CIFAR (RepDistiller's ShuffleV1)"),
+        Architecture("shufflenetv2", f"{MOBILE}:ShuffleNetV2", "ShuffleNetV2 size 1 for CIFAR (RepDistiller's ShuffleV2)"),
+    ]
+    archs += [Architecture(f"resnet{d}-cifar", WIDE_STEM, f"ResNet-{d} for CIFAR, 64-channel stem (RepDistiller's ResNet{d})",
+                           {"depth": d}) for d in (18, 34, 50)]
     archs.append(Architecture("convnet", CONVNET, "ConvNet-3: 3 x [conv 128, instance norm, ReLU, avgpool] + linear"))
     archs += [Architecture(f"convnet-d{d}", CONVNET, f"ConvNet depth {d}", {"depth": d}) for d in (1, 2, 3, 4)]
     archs += [Architecture(f"convnet-w{w}", CONVNET, f"ConvNet-3 width {w}", {"width": w}) for w in (32, 64, 256)]
