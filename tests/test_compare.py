@@ -50,6 +50,7 @@ def test_runs_differing_only_by_seed_form_one_group_with_mean_and_std(made):
     assert slow["runs"] == 1 and slow["settings"] == "optim.lr=0.01" and slow["std"] is None
     assert slow["mean"] == pytest.approx(accuracy(made / "slow"))
     assert report["skipped"] == [f"{made / 'broken'}: failed, not finished"]
+    assert seeds["protocol"].startswith("WRN-16-2 on digits")  # the recipe's description (arch overridden)
 
 
 def test_table_and_markdown_show_percentages_with_expected_and_delta(made):

@@ -38,6 +38,7 @@ class RunRow:
     summary: dict
     expect: dict | None
     settings: dict  # every other recipe key (dotted) -> its value as text
+    protocol: str  # the recipe's description: what was run, in its author's words
 
 
 @dataclass
@@ -118,7 +119,8 @@ def read_row(run: Path, by: list[str]) -> RunRow:
     summary = json.loads((run / "summary.json").read_text())
     settings = {k: v for k, v in _flat(recipe).items()
                 if k not in NOT_SETTINGS and not k.startswith("expect.") and k.rpartition(".")[2] != "note"}
-    return RunRow(run, info.get("seed"), values, summary, recipe.get("expect"), settings)
+    return RunRow(run, info.get("seed"), values, summary, recipe.get("expect"), settings,
+                  str(recipe.get("description") or ""))
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -186,6 +188,7 @@ def _describe(group: Group, columns: list[str], metric: str) -> dict:
         "mean": mean, "std": std,
         "expected": expected, "expected_source": expect.get("source") if expect else None,
         "delta": mean - expected if mean is not None and expected is not None else None,
+        "protocol": " | ".join(dict.fromkeys(r.protocol for r in group.runs if r.protocol)) or None,
         "paths": [str(r.path) for r in group.runs],
     }
 
@@ -223,12 +226,17 @@ def markdown(result: dict) -> str:
     header, body = rows(result)
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(cells) + " |" for cells in body]
-    out += [""] * bool(sources(result)) + [f"expected: {s}" for s in sources(result)]
+    notes = [f"expected: {s}" for s in sources(result)] + [f"protocol: {p}" for p in protocols(result)]
+    out += [""] * bool(notes) + notes
     return "\n".join(out) + "\n"
 
 
 def sources(result: dict) -> list[str]:
     return list(dict.fromkeys(g["expected_source"] for g in result["groups"] if g["expected_source"]))
+
+
+def protocols(result: dict) -> list[str]:
+    return list(dict.fromkeys(g["protocol"] for g in result["groups"] if g["protocol"]))
 
 
 def plot(result: dict, path: Path) -> Path:

@@ -245,6 +245,8 @@ def compare(runs, by, metric, as_markdown, as_json, plot):
     Console().print(table)
     for source in comparing.sources(result):
         click.echo(f"expected: {source}")
+    for protocol in comparing.protocols(result):
+        click.echo(f"protocol: {protocol}")
     for why in result["skipped"]:
         click.echo(f"left out: {why}")
     if plot:
