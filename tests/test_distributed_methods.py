@@ -169,3 +169,67 @@ def test_zskt_resumes_on_two_ranks_from_a_one_process_checkpoint(zskt_runs, teac
     names = ("loss_generator", "loss_student")
     torch.testing.assert_close(torch.tensor(_losses(tmp_path / "run", *names)),
                                torch.tensor(_losses(halves, *names)), rtol=1e-5, atol=1e-6)
+
+
+# --- KD, few-shot KD+AT, SAM (on the engine) ----------------------------------------------------
+
+
+def test_a_ranks_augmentation_is_its_rows_of_the_whole_batchs():
+    from toolbox.augment import random_crop_flip
+
+    x = torch.arange(5 * 2 * 4 * 4, dtype=torch.float32).reshape(5, 2, 4, 4)
+    whole = torch.Generator().manual_seed(7)
+    want = random_crop_flip(x, 1, True, whole)
+    for rows in (slice(0, 2), slice(2, 5)):
+        g = torch.Generator().manual_seed(7)
+        assert torch.equal(random_crop_flip(x[rows], 1, True, g, (rows, 5)), want[rows])
+        assert torch.equal(g.get_state(), whole.get_state())  # the stream moves on as in one process
+
+
+def _summary(run_dir) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("recipe, overrides", [
+    ("kd/digits", ["schedule.epochs=2", "schedule.milestones=[1]"]),
+    # 5 shots a class (one 50-image batch, 25 a rank), one-pixel crops, the schedule scaled by the shots as
+    # the recipe does: 172 steps, the fewest after which the accuracy (93 %) no longer moves by points
+    ("kd/digits-kdat-m5", ["schedule.epochs=6", "schedule.milestones=[3,5]"]),
+], ids=["kd", "few-shot-kdat"])
+def test_kd_on_two_ranks_reaches_the_one_process_accuracy(teacher, tmp_path, recipe, overrides):
+    overrides = [f"teacher.source={teacher}", "student.arch=wrn-10-1", *overrides]
+    _two_ranks("distill", "kd", recipe, overrides, tmp_path / "ranks")
+    one, _ = runs.execute("distill", "kd", recipe, overrides, out=tmp_path / "one", device="cpu")
+    ranks, plain = _summary(tmp_path / "ranks"), _summary(one)
+    assert abs(ranks["accuracy"] - plain["accuracy"]) <= 0.02, (ranks, plain)
+    # the teacher is the same on both ranks and untouched by training: it scores as in one process
+    assert ranks["teacher_accuracy"] == plain["teacher_accuracy"]
+    info = json.loads((tmp_path / "ranks" / "run.json").read_text())["records"]
+    assert info["world_size"] == 2
+    assert info.get("shots") == json.loads((one / "run.json").read_text())["records"].get("shots")
+
+
+def test_sam_on_two_ranks_equals_one_process(tmp_path):
+    """SAM ascends along the gradient all ranks share (DDP's all-reduced one): on a net without batch norm
+    an epoch on two ranks ends at the weights one process reaches."""
+    overrides = ["epochs=1", "eval_every=1"]
+    _two_ranks("train", "sam", "sam/digits", overrides, tmp_path / "ranks")
+    one, _ = runs.execute("train", "sam", "sam/digits", overrides, out=tmp_path / "one", device="cpu")
+    assert _lines(tmp_path / "ranks")[0]["train_loss"] == pytest.approx(_lines(one)[0]["train_loss"], rel=1e-6)
+    got, want = load_file(tmp_path / "ranks" / "model.safetensors"), load_file(one / "model.safetensors")
+    assert got.keys() == want.keys()
+    for k in got:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_kd_on_two_ranks_equals_one_process_for_a_student_without_batch_norm(teacher, tmp_path):
+    """The teacher (batch norm, eval mode) replicated, each rank its rows of every batch and of its
+    random crops and flips: with an MLP student an epoch on two ranks is one process's epoch."""
+    overrides = [f"teacher.source={teacher}", "student.arch=mlp", "schedule.epochs=1", "schedule.milestones=[]",
+                 "data.augment=crop_flip", "data.crop_padding=1"]
+    _two_ranks("distill", "kd", "kd/digits", overrides, tmp_path / "ranks")
+    one, _ = runs.execute("distill", "kd", "kd/digits", overrides, out=tmp_path / "one", device="cpu")
+    assert _lines(tmp_path / "ranks")[0]["train_loss"] == pytest.approx(_lines(one)[0]["train_loss"], rel=1e-6)
+    got, want = load_file(tmp_path / "ranks" / "model.safetensors"), load_file(one / "model.safetensors")
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
