@@ -132,7 +132,8 @@ def train_zskt(recipe, run) -> dict:
     final = distributed.from_main(lambda: prediction_health(student, test_x, test_y, teacher, spec.num_classes, device))
     if final["collapsed"]:
         run.log(n, warning=final["warning"])
-        _warn(final["warning"])
+        if run.main:  # once, not once per rank
+            _warn(final["warning"])
     final["iterations"] = n
     run.save_model(student, arch=recipe.student.arch, arch_kwargs=recipe.student.kwargs, dataset=spec,
                    metrics={k: v for k, v in final.items() if isinstance(v, float)},
