@@ -69,6 +69,9 @@ def train_zskt(recipe, run) -> dict:
     opt_s = torch.optim.Adam(student.parameters(), lr=recipe.optim.student_lr)
     sched_g, sched_s = _cosine(opt_g, n), _cosine(opt_s, n)
     parallel = distributed.world() > 1
+    if recipe.batch_size < distributed.world():
+        raise UsageError(f"batch_size {recipe.batch_size} is smaller than the {distributed.world()} ranks: each rank plays on "
+                         "its share of the batch and needs at least one image of it; raise batch_size or use fewer ranks")
     rows = distributed.share(recipe.batch_size)
     if parallel:
         run.record(world_size=distributed.world(), sync_bn=recipe.parallel.sync_bn)
