@@ -234,3 +234,12 @@ def test_kd_on_two_ranks_equals_one_process_for_a_student_without_batch_norm(tea
     got, want = load_file(tmp_path / "ranks" / "model.safetensors"), load_file(one / "model.safetensors")
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_a_last_batch_smaller_than_the_world_is_one_line_usage_error(tmp_path):
+    """1352 digits in batches of 1351 leave 1 for the last: one rank would get none (and a NaN loss)."""
+    args = [sys.executable, "-m", "toolbox", "train", "supervised", "--arch", "mlp", "-o", "data.batch_size=1351",
+            "--out", str(tmp_path / "run"), "--nproc", "2", "--threads", "1", "--device", "cpu"]
+    done = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "fewer than the 2 ranks" in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr

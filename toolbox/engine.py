@@ -342,6 +342,11 @@ class Engine:
                              "supplies a whole step (e.g. SAM's two passes); set loop.accumulate=1")
         run, steps = self.run, len(batches)
         part = distributed.share if self.parallel else None
+        if part and batches.total(steps - 1) < distributed.world():
+            # a rank with no rows would average an empty batch: NaN, and NaN times its weight 0 is NaN
+            raise UsageError(f"the last batch of every epoch holds {batches.total(steps - 1)} sample(s), fewer than the "
+                             f"{distributed.world()} ranks, and each rank needs one; change the batch size so that at "
+                             f"least {distributed.world()} remain, or use fewer ranks")
         # everything that draws random numbers at construction exists by now: restore is safe here
         start = run.restore(**self._stateful())
         metrics: dict = {}
