@@ -142,7 +142,8 @@ def test_zskt_on_two_ranks_equals_its_one_process_transcription(zskt_runs):
 
 
 def test_zskt_on_two_ranks_stays_near_the_plain_one_process_run(zskt_runs):
-    """Only batch norm over half batches differs from one process; measured 2-3 % on the first iteration."""
+    """Only batch norm over half batches differs from one process: on the first iteration measured 0.6 %
+    (generator loss) and 4.3 % (student loss) apart, up to 8.5 % by the third."""
     ranks, _, plain = zskt_runs
     got = torch.tensor(_losses(ranks, "loss_generator", "loss_student")[0])
     want = torch.tensor(_losses(plain, "loss_generator", "loss_student")[0])
