@@ -28,7 +28,7 @@ def fit(recipe, run, real, train_x, train_y, title: str):
     batches = engine.make_batches(train_x, train_y, recipe.data, run.generator("data"), device)
     sched = make_scheduler(recipe, opt, engine.optimizer_steps(len(batches), recipe.loop.accumulate))
     trainer = engine.Engine(run, model, opt, sched, speed=recipe.speed, loop=recipe.loop)
-    augment = _augmenter(recipe.data, run.generator("augment"))
+    augment = _augmenter(recipe.data, run.generator("augment"), trainer)
     test_x = real.normalize(real.test_x)
 
     def evaluate(m):
@@ -48,10 +48,12 @@ def fit(recipe, run, real, train_x, train_y, title: str):
     return model, {"accuracy": metrics["accuracy"], "train_loss": metrics["train_loss"]}
 
 
-def _augmenter(settings, generator):
+def _augmenter(settings, generator, trainer):
+    """On several ranks each draws the whole batch's crops and flips and keeps its rows (trainer.share)."""
     if settings.augment == "none":
         return lambda x: x
-    return lambda x: random_crop_flip(x, settings.crop_padding, settings.augment == "crop_flip", generator)
+    return lambda x: random_crop_flip(x, settings.crop_padding, settings.augment == "crop_flip", generator,
+                                      trainer.share)
 
 
 def _sam_step(sam: SAM, augment):

@@ -284,6 +284,10 @@ class Engine:
         self.forward = self.speed.maybe_compile(forward)
         self.scaler = self.speed.grad_scaler()
         self.weight = 1.0  # this rank's share of the current batch's mean (see distributed.weight)
+        # on several ranks (rows, total): this rank's rows of the current batch and the batch's size over
+        # all ranks, for a step that draws random numbers per sample (augmentation) to draw them for the
+        # whole batch and keep its rows, as one process would draw them; None in a plain process
+        self.share = None
 
     # --- pieces a method's own step calls --------------------------------------------------------
     def autocast(self):
@@ -338,6 +342,11 @@ class Engine:
                              "supplies a whole step (e.g. SAM's two passes); set loop.accumulate=1")
         run, steps = self.run, len(batches)
         part = distributed.share if self.parallel else None
+        if part and batches.total(steps - 1) < distributed.world():
+            # a rank with no rows would average an empty batch: NaN, and NaN times its weight 0 is NaN
+            raise UsageError(f"the last batch of every epoch holds {batches.total(steps - 1)} sample(s), fewer than the "
+                             f"{distributed.world()} ranks, and each rank needs one; change the batch size so that at "
+                             f"least {distributed.world()} remain, or use fewer ranks")
         # everything that draws random numbers at construction exists by now: restore is safe here
         start = run.restore(**self._stateful())
         metrics: dict = {}
@@ -349,6 +358,7 @@ class Engine:
                 for i, (x, y) in enumerate(batches.epoch(epoch, part) if part else batches.epoch(epoch)):
                     if part:
                         self.weight = distributed.weight(len(x), batches.total(i))
+                        self.share = (part(batches.total(i)), batches.total(i))
                     if self.speed.channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=_channels_last())
                     if step is not None:

@@ -113,7 +113,9 @@ def kd_step_loss(recipe, trainer, teacher, s_tap, t_tap, augment_generator):
 
     def loss(forward, x, y):
         if settings.augment != "none":
-            x = random_crop_flip(x, settings.crop_padding, settings.augment == "crop_flip", augment_generator)
+            # on several ranks: the whole batch's draws, this rank's rows of them (trainer.share)
+            x = random_crop_flip(x, settings.crop_padding, settings.augment == "crop_flip", augment_generator,
+                                 trainer.share)
         t_logits, t_feats = None, []
         if teacher is not None:
             with torch.no_grad():

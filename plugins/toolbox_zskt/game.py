@@ -48,6 +48,14 @@ class Game:
     generate: Callable | None = None
     student_features: Callable | None = None
     teacher_features: Callable | None = None
+    # the student's forward in the generator step, where its weights take no gradient. On several ranks
+    # student_features is the student in DDP, whose reducer, once a forward under autograd ran, waits for
+    # gradients of all its weights and fails at the next forward when they never come; this one is the
+    # bare student (same weights on every rank), so nothing waits
+    judge_features: Callable | None = None
+    # factor on this rank's batch-mean losses before backward (toolbox.distributed.weight): DDP averages
+    # the ranks' gradients, and weighted so that average is the gradient of the mean over the global batch
+    weight: float = 1.0
     # fp16 gradients underflow unscaled: each loss is scaled before its backward pass and the gradients
     # unscaled before clipping (toolbox.speed.Resolved.grad_scaler); disabled scalers change nothing
     scaler_generator: torch.amp.GradScaler | None = None
@@ -64,10 +72,13 @@ class Game:
             self.student_features = self.student.forward_features
         if self.teacher_features is None:
             self.teacher_features = self.teacher.forward_features
+        if self.judge_features is None:
+            self.judge_features = self.student_features
 
     def step(self, z) -> dict:
         """One iteration on noise z (the same z for the generator step and all student steps).
-        Returns the last generator and student losses (tensors) and the images the student saw."""
+        Returns the last generator and student losses (tensors) and the images the student saw. On
+        several ranks z is this rank's share of the global batch, and the losses are its share's means."""
         self.generator.train()
         self.student.train()  # also during the generator step: the student's BN statistics follow G's images
         self.student.requires_grad_(False)
@@ -75,7 +86,7 @@ class Game:
             for _ in range(self.generator_steps):
                 with self.autocast():
                     x = self.generate(z)
-                    s_logits, _ = self.student_features(x)
+                    s_logits, _ = self.judge_features(x)
                     t_logits, _ = self.teacher_features(x)
                 loss_g = generator_loss(s_logits, t_logits, self.temperature)
                 self.opt_generator.zero_grad(set_to_none=True)
@@ -99,6 +110,8 @@ class Game:
 
     def _update(self, loss, network, optimizer, scaler) -> None:
         """Backward, clip the unscaled gradient norm, step (skipped by the scaler on inf/NaN gradients)."""
+        if self.weight != 1.0:
+            loss = loss * self.weight
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(network.parameters(), self.grad_clip)
