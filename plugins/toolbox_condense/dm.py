@@ -12,7 +12,7 @@ On several ranks each embeds only its classes (``Embedder.owned``), as DC does (
 classes' real batches and augmentations are still drawn, the images' gradient is summed over the
 ranks and every rank takes the same step. A class's term depends on its own images only as long as
 the network normalises each image on its own (instance norm, the default); a batch-norm network in
-training mode mixes the classes' statistics, so it is refused on several ranks (run_condense)."""
+training mode mixes the classes' statistics, so it is refused on several ranks (condensation.check_ranks)."""
 
 from __future__ import annotations
 
