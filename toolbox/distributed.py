@@ -104,6 +104,16 @@ def all_mean(tensor):
     return tensor
 
 
+def all_sum(tensor):
+    """The sum over ranks of ``tensor`` (in place; unchanged in a plain process). Where every element is
+    nonzero on at most one rank (each rank filled in its own part), the sum is that rank's value exactly."""
+    if world() > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def all_gather_rows(local, total: int):
     """Concatenate along dim 0 the ``share(total)`` slices every rank holds (``local`` is this rank's)."""
     if world() == 1:

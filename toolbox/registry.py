@@ -59,6 +59,9 @@ class Method:
     # names, best first; the first that exists is used, so `toolbox condense cifar10 --ipc 50`
     # starts from the matching paper recipe
     choose_recipe: Callable[[dict], list[str]] | None = None
+    # its evaluate hook runs on every rank of `toolbox evaluate --nproc N` and shares the work out
+    # itself (toolbox.distributed; rank 0 alone writes); otherwise rank 0 evaluates while the rest wait
+    evaluate_on_ranks: bool = False
     plugin: str = ""  # filled in by the registry: the plugin that registered it
 
     def recipe_model(self):

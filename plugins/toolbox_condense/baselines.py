@@ -1,7 +1,8 @@
 """Coreset baselines of the papers, selected from the real training set: random, herding and
 k-center (ipc images per class), and the whole training set.
 
-- random: ipc images per class drawn uniformly without replacement (the evaluation's generator).
+- random: ipc images per class drawn uniformly without replacement (the evaluation's generator,
+  seeded alike on every rank, so every rank draws the same images).
 - herding: per class, the t-th pick is the remaining image whose feature brings the mean of the t
   picked features closest to the class mean (nearest remaining feature to t * mean - sum of the
   picks; no image twice). The first pick is the image nearest the class mean.
@@ -27,6 +28,7 @@ from dataclasses import replace
 
 import torch
 
+from toolbox import distributed
 from toolbox.seeding import init_with_seed
 
 from .evaluator import Protocol, model_seed, train_models
@@ -85,13 +87,18 @@ def select(name: str, data, ipc: int, protocol: Protocol, seed: int, device, bui
         idx, _ = ClassIndex(train_y, data.num_classes).sample(ipc, generator)
         idx = idx.flatten()
         return train_x[idx], train_y[idx]
-    net = feature_network(build, train_x, train_y, protocol, seed, device)
-    with torch.no_grad():
-        feats = torch.cat([net.embed(train_x[i:i + 1000].to(device)) for i in range(0, len(train_x), 1000)]).cpu()
-    pick = herding if name == "herding" else kcenter
-    chosen = []
-    for c in range(data.num_classes):
-        members = (train_y == c).nonzero().squeeze(1)
-        chosen += [int(members[i]) for i in pick(feats[members], ipc)]
-    idx = torch.tensor(chosen)
+    def greedy() -> list[int]:
+        net = feature_network(build, train_x, train_y, protocol, seed, device)
+        with torch.no_grad():
+            feats = torch.cat([net.embed(train_x[i:i + 1000].to(device)) for i in range(0, len(train_x), 1000)]).cpu()
+        pick = herding if name == "herding" else kcenter
+        chosen = []
+        for c in range(data.num_classes):
+            members = (train_y == c).nonzero().squeeze(1)
+            chosen += [int(members[i]) for i in pick(feats[members], ipc)]
+        return chosen
+
+    # on several ranks rank 0 picks and the others take its picks: every rank then evaluates the same
+    # images, whatever a GPU's nondeterminism would have made of the feature network elsewhere
+    idx = torch.tensor(distributed.from_main(greedy))
     return train_x[idx], train_y[idx]

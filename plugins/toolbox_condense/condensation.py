@@ -7,6 +7,12 @@ gradient scaler for fp16) and to DM's embeddings (autocast, see dm.py). DC/DSA g
 stays in fp32 whatever the section says: it differentiates through the network's gradients, whose
 per-channel distances half precision would round (bf16 keeps 8 bits of mantissa) and whose second
 derivatives a loss scaler does not cover for fp16.
+
+On several ranks (torchrun, ``--nproc``) the classes are split between them: each rank matches its
+own classes' images and the ranks sum the images' gradient (dc.py), so every rank holds the whole
+set, and the set, the momentum and the checkpoints are what one process makes (to rounding where a
+batched kernel sees fewer classes). The evaluator splits its models between the ranks
+(evaluator.py). Rank 0 alone writes the set, its images and its card.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from toolbox import distributed
 from toolbox.errors import UsageError
 from toolbox.models import build_for
 from toolbox.speed import resolve
 
 from . import augment
 from .card import write_card
-from .dc import LOOPS, Matcher, classes_batched, match_step
+from .dc import LOOPS, Matcher, classes_batched, fresh_network, match_step
 from .dm import Embedder, dm_step
 from .evaluator import Protocol, evaluate_set
 from .sampling import ClassIndex
@@ -68,6 +76,22 @@ def _init_images(recipe, data, train_x, classes, generator):
     return noise.to(train_x.device)
 
 
+def check_ranks(recipe, data, build) -> slice:
+    """This rank's classes; one line when the ranks cannot split the classes as one process would match them."""
+    world = distributed.world()
+    if world > data.num_classes:
+        raise UsageError(f"{world} ranks but {data.name} has {data.num_classes} classes, and condensation splits "
+                         f"the classes between the ranks; start at most {data.num_classes} (--nproc {data.num_classes})")
+    if world > 1 and recipe.method == "dm":
+        # a throwaway network from its own seed: the run's generators and the global RNG are untouched
+        net = fresh_network(build, torch.Generator().manual_seed(0))
+        if any(isinstance(m, _BatchNorm) for m in net.modules()):
+            raise UsageError(f"DM on several ranks needs a network that normalises each image on its own, but "
+                             f"{recipe.model.arch} has batch norm (its statistics mix the classes the ranks split); "
+                             "use instance norm (the default convnet) or run on one process")
+    return distributed.share(data.num_classes)
+
+
 def run_condense(recipe, run) -> dict:
     from toolbox.data import load
 
@@ -81,6 +105,7 @@ def run_condense(recipe, run) -> dict:
     run.record(speed=speed.record())
     num_classes = data.num_classes
     build = functools.partial(build_for, recipe.model.arch, data.spec)
+    owned = check_ranks(recipe, data, build)
 
     strategy = strategy_for(recipe.augment.strategy, data.name)
     families = augment.parse_strategy(strategy) if recipe.method in ("dsa", "dm") and strategy != "none" else None
@@ -102,14 +127,14 @@ def run_condense(recipe, run) -> dict:
 
     if recipe.method == "dm":
         state = Embedder(build, train_x, classes, recipe.data.batch_real, families,
-                         gens["net"], gens["sample"], gens["augment"], speed, scaler)
+                         gens["net"], gens["sample"], gens["augment"], speed, scaler, owned)
         step = dm_step
     else:
         outer, inner = loops_for(recipe)
         batched = classes_batched(recipe.class_batching, device)
         state = Matcher(build, train_x, classes, recipe.data.batch_real, outer, inner, recipe.lr_net,
                         recipe.batch_train, recipe.distance, families, batched,
-                        gens["net"], gens["sample"], gens["augment"])
+                        gens["net"], gens["sample"], gens["augment"], owned)
         step = match_step
 
     protocol = protocol_for(recipe, data.name)
@@ -144,6 +169,8 @@ def run_condense(recipe, run) -> dict:
              "expect": recipe.expect.model_dump() if recipe.expect else None}
     from toolbox.artifacts import save_synthetic
 
+    if not run.main:
+        return metrics
     save_synthetic(run.dir, images, labels, dataset=data.spec, method=recipe.method, ipc=recipe.ipc,
                    extra=extra, metrics=metrics)
     # each tile named by its class where the figure stays legible; past that, one class per row

@@ -3,16 +3,24 @@
 Per iteration: a fresh network; outer_loop times: match the per-class gradients of real and
 synthetic images and take one step on the images, then (except after the last) train the network
 for inner_loop epochs on the detached synthetic set (SGD lr_net, batch 256, no momentum).
+
+On several ranks (toolbox.distributed) each rank matches only its classes (``Matcher.owned``): once
+every rank has built the same network from the shared generator, one class's term depends on that
+class's images alone. Every rank still draws the real batches and augmentations of all classes, so
+the generators stay in step with a single process; the ranks then sum the images' gradient (each
+class's part is nonzero on its owner only, so the sum is that part exactly) and every rank takes the
+same step on the whole set, holding the same images and momentum as one process would.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from toolbox import distributed
 from toolbox.seeding import init_with_seed
 
 from . import augment
@@ -41,6 +49,8 @@ class Matcher:
     gen_net: torch.Generator
     gen_sample: torch.Generator
     gen_augment: torch.Generator
+    # the classes this rank matches (distributed.share); all of them in one process
+    owned: slice = field(default_factory=lambda: slice(None))
 
 
 def classes_batched(choice: str, device) -> bool:
@@ -94,6 +104,7 @@ def match_step(syn: torch.Tensor, opt_img, m: Matcher) -> float:
     has_bn = any(isinstance(x, _BatchNorm) for x in net.modules())
     full = m.batch_real <= m.classes.smallest  # no class short of images: no mask to apply
     total = torch.zeros((), dtype=torch.float64, device=syn.device)  # read once, at the end
+    mine = slice(*m.owned.indices(num_classes)[:2])
     for ol in range(m.outer_loop):
         if has_bn:
             _freeze_batchnorm(net, m)
@@ -107,14 +118,16 @@ def match_step(syn: torch.Tensor, opt_img, m: Matcher) -> float:
             draws = augment.draw(num_classes, m.families, syn.shape[-1], m.gen_augment)
         opt_img.zero_grad(set_to_none=True)
         if m.batched:
+            real_x, syn_x = real_x[mine], syn[mine]
             if draws is not None:
-                real_x = augment.apply(real_x.flatten(0, 1), draws.repeat(idx.shape[1]), m.families).view_as(real_x)
-                syn_x = augment.apply(syn.flatten(0, 1), draws.repeat(ipc), m.families).view_as(syn)
-            loss = match_loss_vmap(net, real_x, real_y, mask.to(syn.dtype), syn_x, syn_y, m.distance)
+                own = draws.select(mine)
+                real_x = augment.apply(real_x.flatten(0, 1), own.repeat(idx.shape[1]), m.families).view_as(real_x)
+                syn_x = augment.apply(syn_x.flatten(0, 1), own.repeat(ipc), m.families).view_as(syn_x)
+            loss = match_loss_vmap(net, real_x, real_y[mine], mask[mine].to(syn.dtype), syn_x, syn_y[mine], m.distance)
             loss.backward(inputs=[syn])
             total += loss.detach()
         else:
-            for c in range(num_classes):
+            for c in range(mine.start, mine.stop):
                 real_c, syn_c = (real_x[c] if full else real_x[c][mask[c]]), syn[c]
                 if draws is not None:
                     one = draws.select(slice(c, c + 1))
@@ -123,9 +136,11 @@ def match_step(syn: torch.Tensor, opt_img, m: Matcher) -> float:
                 term = class_match_loss(net, real_c, real_y[c][: real_c.shape[0]], syn_c, syn_y[c], m.distance)
                 term.backward(inputs=[syn])  # one class's graph at a time: the memory-light form
                 total += term.detach()
+        distributed.all_sum(syn.grad)
         opt_img.step()
         if ol == m.outer_loop - 1:
             break
         _train_network(net, opt_net, syn.flatten(0, 1), syn_y.reshape(-1), m)
-    # float64 sums float32 terms exactly as Python floats did, so the logged loss is unchanged
-    return float(total) / (num_classes * m.outer_loop)
+    # float64 sums float32 terms exactly as Python floats did, so the logged loss is unchanged; on
+    # several ranks the same holds for the sum of their partial sums
+    return float(distributed.all_sum(total)) / (num_classes * m.outer_loop)

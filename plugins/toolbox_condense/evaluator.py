@@ -13,7 +13,9 @@ vmapped call cannot do per model. So do all models under a reduced precision (th
 bf16/fp16): autocast does not reach into the vmapped call (with torch 2.13 on the CPU its
 convolutions and logits stay fp32), and the asked precision is what the run records. Each model owns a generator (initialisation, shuffling,
 augmentation) seeded from (seed, model index), so model i gets the same draws whether it trains
-alone or with others.
+alone or with others. That is also what lets several ranks (toolbox.distributed) split the models:
+rank r trains models ``share(N)`` (stacked among themselves where stacking applies) and the ranks
+gather the accuracies in model order.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from toolbox import distributed
 from toolbox.engine import Engine, make_optimizer
 from toolbox.models import build_for
 from toolbox.seeding import init_with_seed
@@ -210,7 +213,11 @@ def evaluate_set(images, labels, data, protocol: Protocol, seed: int, device, bu
     if build is None:
         build = functools.partial(build_for, protocol.arch, data.spec)
     seeds = [model_seed(seed, i) for i in range(protocol.models)]
-    forward, _ = train_models(build, images, labels, protocol, seeds, device, speed=speed)
-    accs = accuracies_on(forward, data.normalize(data.test_x).to(device), data.test_y.to(device))
+    mine = seeds[distributed.share(len(seeds))]
+    local = []  # a rank left without a model (fewer models than ranks) still joins the gathering
+    if mine:
+        forward, _ = train_models(build, images, labels, protocol, mine, device, speed=speed)
+        local = accuracies_on(forward, data.normalize(data.test_x).to(device), data.test_y.to(device)).tolist()
+    accs = torch.tensor([a for part in distributed.gather_objects(local) for a in part], dtype=torch.float64)
     return {"accuracies": [round(float(a), 6) for a in accs], "accuracy": float(accs.mean()),
             "accuracy_std": float(accs.std(unbiased=False)), "seeds": seeds}

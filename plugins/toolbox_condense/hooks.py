@@ -32,6 +32,7 @@ def register_methods(register):
             name=name, verbs=("condense", "evaluate"), summary=summary, schema="toolbox_condense.recipe:CondenseRecipe",
             default_recipe=f"condense/digits-{name}-ipc{DEFAULT_IPC['digits'][name]}",
             choose_recipe=_chooser(name),
+            evaluate_on_ranks=True,  # the evaluator splits its models between the ranks
             options={
                 "ipc": Option("ipc", "synthetic images per class"),
                 "dataset": Option("data.dataset", "dataset to condense (see `toolbox datasets`)"),

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import UsageError
-from .common import EXTRA, maybe_relaunch, parse_extra, run_options, set_threads, threads_option
+from .common import EXTRA, maybe_relaunch, nproc_option, parse_extra, run_options, set_threads, threads_option
 from .method_help import MethodCommand
 
 
@@ -111,21 +111,27 @@ def condense(ctx, dataset, method_name, extra, **kw):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for files the evaluation writes (default: <run>/eval).")
 @threads_option()
+@nproc_option()
 @click.option("--debug", is_flag=True)
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
+def evaluate(ctx, source, metric, as_json, device, out, threads, nproc, debug, extra):
     """Evaluate a run directory, a model folder or hf-hub:org/name[@rev].
 
     Dispatched to the plugin of the method that produced SOURCE, unless --metric names a method
     registered with the "evaluate" verb (e.g. gradient-leakage, hessian): such metric methods audit
     any run, so they take precedence over the run's own method.
+
+    With --nproc N a method that splits its evaluation (condensation: its N models) shares it
+    between the ranks; any other evaluates on rank 0 while the rest wait. Rank 0 alone writes and prints.
     """
     from pathlib import Path
 
-    from .. import artifacts, plugins, runs
+    from .. import artifacts, distributed, plugins, runs
 
     ctx.meta["debug"] = debug
+    if maybe_relaunch(nproc):
+        return
     set_threads(threads)
     options = parse_extra(extra)
     options["metric"] = metric
@@ -133,28 +139,37 @@ def evaluate(ctx, source, metric, as_json, device, out, threads, debug, extra):
     config = artifacts.read_config(src.path)
     pm = plugins.load()
     metric_method = pm.registry.methods.get(metric) if metric else None
+    dev = distributed.init(runs.resolve_device(device))
+    main = distributed.is_main()
     if metric_method is not None and "evaluate" in metric_method.verbs:
         method = metric_method
     elif config.get("method") not in pm.registry.methods:
-        return _print_evaluation(_without_plugin(pm, src, config, options, device), config.get("method"), src, as_json)
+        result = distributed.from_main(lambda: _without_plugin(pm, src, config, options, dev))
+        return _print_evaluation(result, config.get("method"), src, as_json) if main else None
     else:
         method = pm.registry.method(config.get("method", "?"), "evaluate")
     out_dir = Path(out) if out else (src.path / "eval" if src.repo is None else Path("runs") / "eval")
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def call():
+        return pm.call("evaluate", method, source=src, options=options, device=dev, out=out_dir)
+
     try:
-        result = pm.call("evaluate", method, source=src, options=options, device=runs.resolve_device(device), out=out_dir)
+        result = call() if method.evaluate_on_ranks else distributed.from_main(call)
     except BaseException:
-        if created and not any(out_dir.iterdir()):  # a refused evaluation leaves no empty folder behind
+        if main and created and not any(out_dir.iterdir()):  # a refused evaluation leaves no empty folder behind
             out_dir.rmdir()
         raise
-    _print_evaluation(dict(result or {}), method.name, src, as_json)
+    if main:
+        _print_evaluation(dict(result or {}), method.name, src, as_json)
 
 
 def _without_plugin(pm, src, config: dict, options: dict, device) -> dict:
     """An artifact whose method no installed plugin provides: core evaluates a plain classifier's
     accuracy; anything else is refused, naming the distribution that made it."""
-    from .. import plugins, runs
+    from .. import plugins
     from ..artifacts import MODEL_FORMAT
     from ..classifier import evaluate_classifier
 
@@ -166,7 +181,7 @@ def _without_plugin(pm, src, config: dict, options: dict, device) -> dict:
     if config.get("format") != MODEL_FORMAT:
         raise UsageError(f"{src.ref} was made by method '{name}', which is not available "
                          f"here; {why}")
-    result = evaluate_classifier(src, options, runs.resolve_device(device), name)
+    result = evaluate_classifier(src, options, device, name)
     result["notes"] = (f"method '{name}' is not available here ({why}); evaluated by core as a plain classifier: "
                        "test accuracy only")
     return result
