@@ -44,9 +44,10 @@ def condense_and_compare(out, *args) -> tuple[dict, dict]:
 
 
 def test_dc_ipc1_beats_random_real_images_by_ten_points(tmp_path):
-    summary, report = condense_and_compare(tmp_path / "dc")  # the default: DC, ipc 1, 100 iterations
+    # the default (DC, ipc 1, 100 iterations), evaluated by 3 networks instead of the recipe's 5
+    summary, report = condense_and_compare(tmp_path / "dc", "-o", "eval.models=3")
     m = report["metrics"]
-    assert len(report["accuracies"]) == 5
+    assert len(report["accuracies"]) == 3
     # evaluating again (same protocol, same seed) reproduces what the run reported
     assert m["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-6)
     assert m["accuracy"] >= 0.78 and m["accuracy"] >= m["random_accuracy"] + 0.10, m
@@ -58,11 +59,11 @@ def test_dc_ipc1_beats_random_real_images_by_ten_points(tmp_path):
 
 
 def test_dm_ipc10_beats_random_real_images(tmp_path):
-    # the recipe (ipc 10) with half its 200 iterations and 101 evaluation epochs instead of 301, for
-    # both the set and the random images: the papers' ConvNet-3 on 12x12 maps costs ~2.8x the depth-2
-    # 8x8 network this test used before, and evaluating 100 images dominates its time
-    summary, report = condense_and_compare(tmp_path / "dm", "--method", "dm", "-o", "iterations=100",
-                                           "-o", "eval.epochs=100")
+    # the recipe (ipc 10) with a quarter of its 200 iterations, evaluated by 3 networks of 101 epochs
+    # instead of 5 of 301, for both the set and the random images: the papers' ConvNet-3 on 12x12 maps
+    # makes each evaluation network seconds of CPU time (measured this way: 95.7 % vs random 93.3 %)
+    summary, report = condense_and_compare(tmp_path / "dm", "--method", "dm", "-o", "iterations=50",
+                                           "-o", "eval.epochs=100", "-o", "eval.models=3")
     m = report["metrics"]
     assert report["protocol"]["ipc"] == 10 and report["protocol"]["arch"] == "convnet"
     assert report["protocol"]["total_epochs"] == 101

@@ -77,7 +77,7 @@ def _pid_of_rank(run_dir, rank: int, timeout: float = 120) -> int:
 
 
 def test_a_killed_rank_ends_the_job_in_one_line_and_resume_finishes_it_exactly(tmp_path):
-    args = ["train", "supervised", "--arch", "convnet", "--epochs", "4", "-o", "data.batch_size=128", "-o", "checkpoint_every=1",
+    args = ["train", "supervised", "--arch", "convnet", "--epochs", "3", "-o", "data.batch_size=128", "-o", "checkpoint_every=1",
             *CPU]
     whole = toolbox(*args, "--out", tmp_path / "whole", "--nproc", "2")
     assert whole.returncode == 0, whole.stderr
@@ -108,7 +108,7 @@ def test_a_killed_rank_ends_the_job_in_one_line_and_resume_finishes_it_exactly(t
     assert json.loads((cut / "summary.json").read_text()) == json.loads((tmp_path / "whole" / "summary.json").read_text())
     rows = [json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows] == [1, 2, 3]
     assert [(r["train_loss"], r["accuracy"]) for r in rows] == [(r["train_loss"], r["accuracy"]) for r in expected]
 
 

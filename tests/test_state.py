@@ -124,10 +124,17 @@ def test_no_pickle_anywhere():
     calls = re.compile(r"\b(torch\.load|torch\.save|pickle\.loads?|pickle\.dumps?|cPickle|dill|joblib\.load|"
                        r"numpy\.load|np\.load|import pickle|from pickle)\b")
     offenders = []
+    # the one exception: `toolbox import` of a published checkpoint the user names, read by torch's
+    # weights-only unpickler (checked below)
+    importer = REPO / "toolbox" / "checkpoint_import.py"
     for folder in ("toolbox", "plugins", "examples"):
         for path in sorted((REPO / folder).rglob("*.py")):
+            if path == importer:
+                continue
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 code = line.split("#", 1)[0]
                 if calls.search(code):
                     offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert offenders == []
+    loads = [line for line in importer.read_text().splitlines() if "torch.load(" in line.split("#", 1)[0]]
+    assert loads and all("weights_only=True" in line for line in loads), loads

@@ -69,8 +69,11 @@ def find_runs(paths) -> tuple[list[Path], list[str]]:
             except (OSError, ValueError):
                 skipped.append(f"{c}: unreadable run.json")
                 continue
-            if info.get("status") != "finished" or not (c / "summary.json").is_file():
+            if info.get("status") != "finished":
                 skipped.append(f"{c}: {info.get('status', 'unknown')}, not finished")
+                continue
+            if not (c / "summary.json").is_file():
+                skipped.append(f"{c}: finished but holds no summary.json")
                 continue
             found.append(c)
     return list(dict.fromkeys(found)), skipped

@@ -246,7 +246,7 @@ def export(ctx, source, fmt, output, force, debug):
 def import_checkpoint(ctx, checkpoint, arch, dataset, out, debug):
     """Turn a published PyTorch checkpoint (e.g. a paper's teacher) into a toolbox model folder.
 
-    Reads weights only (torch.load with weights_only=True: no code runs), accepts tensors only, maps
+    Reads weights only (torch's weights-only loader: no code runs), accepts tensors only, maps
     the checkpoint's key names onto ARCH strictly and records the file's sha256.
     """
     from ..checkpoint_import import import_checkpoint as do_import
