@@ -191,20 +191,6 @@ def lost_peer(error: BaseException) -> bool:
         s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "ProcessGroup"))
 
 
-def barrier() -> None:
-    if world() > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def close() -> None:
-    if active():
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-
-
 def wrap(model, *, sync_bn: bool = False):
     """``model`` in DistributedDataParallel (it all-reduces the mean gradient in backward), with its
     batch norms synchronised when ``sync_bn``; ``model`` itself in a plain process."""

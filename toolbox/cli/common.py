@@ -31,15 +31,18 @@ def run_options(f):
 MAX_THREADS = 1024
 
 
-def threads_option():
-    """--threads N: torch's CPU thread count; 0 or a negative number is refused, not ignored."""
+def _bounded_int(name: str, most: int, help: str):
+    """An integer option from 1 to ``most``; 0 or a negative number is refused, not ignored."""
     def check(ctx, param, value):
-        if value is not None and not 1 <= value <= MAX_THREADS:
-            raise click.BadParameter(f"must be an integer from 1 to {MAX_THREADS} (got {value})")
+        if value is not None and not 1 <= value <= most:
+            raise click.BadParameter(f"must be an integer from 1 to {most} (got {value})")
         return value
 
-    return click.option("--threads", type=int, callback=check,
-                        help="CPU threads for torch (small nets often run faster on 1).")
+    return click.option(name, type=int, callback=check, help=help)
+
+
+def threads_option():
+    return _bounded_int("--threads", MAX_THREADS, "CPU threads for torch (small nets often run faster on 1).")
 
 
 MAX_NPROC = 1024
@@ -47,13 +50,7 @@ MAX_NPROC = 1024
 
 def nproc_option():
     """--nproc N: run as N ranks on this machine (torchrun's launcher); each rank applies --device and --threads."""
-    def check(ctx, param, value):
-        if value is not None and not 1 <= value <= MAX_NPROC:
-            raise click.BadParameter(f"must be an integer from 1 to {MAX_NPROC} (got {value})")
-        return value
-
-    return click.option("--nproc", type=int, callback=check,
-                        help="Run as N processes on this machine (data parallel; one per GPU on CUDA).")
+    return _bounded_int("--nproc", MAX_NPROC, "Run as N processes on this machine (data parallel; one per GPU on CUDA).")
 
 
 def maybe_relaunch(nproc) -> bool:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .initialisation import kaiming_fan_out
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
@@ -53,12 +55,7 @@ class CifarResNet(nn.Module):
         self.layer2 = self._stage(widths[1], widths[2], n, 2)
         self.layer3 = self._stage(widths[2], widths[3], n, 2)
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_fan_out(self)
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:

@@ -17,11 +17,11 @@ features), the ShuffleNets ``layer1``..``layer3``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .initialisation import normal_by_output
 
 
 def channel_shuffle(x, groups: int):
@@ -76,15 +76,7 @@ class MobileNetV2(nn.Module):
         last = int(1280 * width) if width > 1.0 else 1280
         self.conv2 = _conv_bn_relu(channels, last, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        normal_by_output(self)
 
     def forward(self, x):
         x = self.conv1(x)

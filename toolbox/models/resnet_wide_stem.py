@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .initialisation import kaiming_fan_out
+
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
     if stride == 1 and in_planes == out_planes:
@@ -76,12 +78,7 @@ class WideStemResNet(nn.Module):
             stages.append(nn.Sequential(*layer))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(512 * block.expansion, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_fan_out(self)
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))

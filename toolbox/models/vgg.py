@@ -12,10 +12,10 @@ Feature taps: ``block1``..``block4`` (before their last ReLU, as the reference's
 
 from __future__ import annotations
 
-import math
-
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .initialisation import normal_by_output
 
 CONFIGS = {
     8: [[64], [128], [256], [512], [512]],
@@ -49,16 +49,7 @@ class VGG(nn.Module):
         self.block3 = _block(cfg[3], cfg[2][-1])
         self.block4 = _block(cfg[4], cfg[3][-1])
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        normal_by_output(self)
 
     def forward(self, x):
         pool, h = F.max_pool2d, x.shape[2]
