@@ -43,7 +43,21 @@ class Loop(Section):
 # --- batch sources ------------------------------------------------------------------------------
 
 
-class TensorBatches:
+class _Batches:
+    """What both batch sources count the same way: ``n`` samples cut into batches of ``batch``."""
+
+    n: int
+    batch: int
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch)
+
+    def total(self, i: int) -> int:
+        """The size of the epoch's ``i``-th batch over all ranks."""
+        return min(self.batch, self.n - i * self.batch)
+
+
+class TensorBatches(_Batches):
     """Shuffled mini-batches of in-memory tensors: one permutation of all samples per epoch, drawn from
     ``generator`` (a run generator, so resume continues its stream), cut into ``batch_size`` slices
     (the last one shorter).
@@ -58,13 +72,6 @@ class TensorBatches:
         self.batch = min(batch_size, self.n)
         self.generator, self.device = generator, device
 
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch)
-
-    def total(self, i: int) -> int:
-        """The size of the epoch's ``i``-th batch over all ranks."""
-        return min(self.batch, self.n - i * self.batch)
-
     def epoch(self, epoch: int, part=None):
         """The epoch's batches; with ``part`` (n -> slice, toolbox.distributed.share) each is this rank's
         slice of the batch all ranks drew together."""
@@ -78,7 +85,7 @@ class TensorBatches:
             yield self.x.index_select(0, idx), self.y.index_select(0, idx)  # x[idx]'s values, a fast gather
 
 
-class LoaderBatches:
+class LoaderBatches(_Batches):
     """Mini-batches of any map-style ``Dataset`` whose items are (x, y), through a ``DataLoader``: for data
     that does not fit in memory, or whose items are decoded by worker processes.
 
@@ -105,12 +112,6 @@ class LoaderBatches:
         workers = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers} if num_workers else {}
         self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=self._order, num_workers=num_workers,
                                                   pin_memory=self.pinned, generator=self._seeds, **workers)
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch)
-
-    def total(self, i: int) -> int:
-        return min(self.batch, self.n - i * self.batch)
 
     def epoch(self, epoch: int, part=None):
         """As TensorBatches.epoch: ``part`` makes each batch this rank's slice, and only it is loaded."""
