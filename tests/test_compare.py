@@ -95,3 +95,12 @@ def test_nothing_finished_is_one_line(made):
     assert result.exit_code == 2
     assert result.stderr.strip() == (f"error: no finished runs to compare ({made / 'broken'}: failed, not finished); "
                                      "pass run directories or a folder holding them")
+
+
+def test_an_existing_plot_file_is_kept_unless_forced(made, tmp_path):
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"the user's own picture")
+    result = invoke(made, "--plot", mine)
+    assert result.exit_code == 2 and mine.read_bytes() == b"the user's own picture"
+    assert result.stderr.strip() == f"error: --plot {mine} already exists; choose another path or pass --force to replace it"
+    assert invoke(made, "--plot", mine, "--force").exit_code == 0 and mine.read_bytes() != b"the user's own picture"

@@ -211,7 +211,8 @@ def show(run, as_json, open_images):
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print a Markdown table.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also write the comparison as a PNG bar chart.")
-def compare(runs, by, metric, as_markdown, as_json, plot):
+@click.option("--force", is_flag=True, help="Replace an existing --plot file.")
+def compare(runs, by, metric, as_markdown, as_json, plot, force):
     """Finished runs as one table: runs that differ only by seed form a group, shown as mean ± std of
     METRIC over its runs beside the number its recipe expects and the difference.
 
@@ -219,8 +220,12 @@ def compare(runs, by, metric, as_markdown, as_json, plot):
     toolbox compare runs/kd-*                    RUNS: run folders, or folders holding runs
     toolbox compare runs --by method,student --metric accuracy --markdown > table.md
     """
+    from pathlib import Path
+
     from .. import compare as comparing
 
+    if plot and Path(plot).exists() and not force:
+        raise UsageError(f"--plot {plot} already exists; choose another path or pass --force to replace it")
     keys = [k.strip() for k in by.split(",") if k.strip()] if by else None
     if by is not None and not keys:
         raise UsageError("--by needs at least one key, e.g. --by method,student")
