@@ -262,13 +262,16 @@ class Engine:
     a helper model trained inside a method's run, on ``device`` (see the module docstring); its
     non-finite losses are no error, since the method reports what such a model reached."""
 
-    def __init__(self, run, model, optimizer, scheduler=None, *, speed=None, loop: Loop | None = None, device=None):
+    def __init__(self, run, model, optimizer, scheduler=None, *, speed=None, loop: Loop | None = None, device=None,
+                 extra: dict | None = None):
         from .speed import Resolved, resolve
 
         if run is None and device is None:
             raise TypeError("Engine without a run needs device=")
         self.run = run if run is not None else _NoRun(device)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        # modules a method trains beside the model (a distiller's regressor): checkpointed with it
+        self.extra = dict(extra or {})
         self.loop = loop or Loop()
         self.speed = speed if isinstance(speed, Resolved) else resolve(speed, self.run.device)
         self.run.record(speed=self.speed.record())
@@ -317,7 +320,7 @@ class Engine:
 
     # --- checkpoint ------------------------------------------------------------------------------
     def _stateful(self) -> dict:
-        parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+        parts = {"model": self.model, **self.extra, "optimizer": self.optimizer, "scheduler": self.scheduler}
         if self.scaler.is_enabled():
             parts["scaler"] = self.scaler
         return {k: v for k, v in parts.items() if v is not None}
@@ -327,7 +330,8 @@ class Engine:
 
     # --- training --------------------------------------------------------------------------------
     def fit(self, batches, epochs: int, *, loss=None, step=None, evaluate=None, eval_every: int = 1,
-            checkpoint_every: int = 1, title: str = "training") -> dict:
+            checkpoint_every: int = 1, title: str = "training", first_epoch: int = 0,
+            last_stage: bool = True) -> dict:
         """Train for ``epochs`` (continuing a resumed run where its checkpoint ends); returns the last
         epoch's metrics: train_loss (mean batch loss), lr, and what ``evaluate(model)`` returned on the
         epochs it ran (every ``eval_every`` and the last). Checkpoints every ``checkpoint_every`` epochs.
@@ -335,6 +339,13 @@ class Engine:
         ``loss(model, x, y)`` -> the batch loss (run under autocast), or ``step(engine, x, y)`` -> the
         batch loss after the method updated the weights itself (it calls ``engine.optimizer_step()``
         or steps an optimiser wrapper such as SAM).
+
+        Stages: a run that trains in stages (a distiller's pre-stage, then distillation) numbers its
+        epochs on: a stage is epochs ``first_epoch`` .. ``epochs - 1``, and ends with a checkpoint when
+        it is not the last. A checkpoint at step s belongs to the stage with first_epoch < s <= epochs:
+        resumed, that stage restores it (and returns {} at once if s is its end), the stages before it
+        are skipped (its checkpoint holds what they trained, every stage saving every module) and the
+        ones after it start fresh.
         """
         if (loss is None) == (step is None):
             raise TypeError("Engine.fit takes exactly one of loss= or step=")
@@ -349,9 +360,18 @@ class Engine:
                              f"{distributed.world()} ranks, and each rank needs one; change the batch size so that at "
                              f"least {distributed.world()} remain, or use fewer ranks")
         # everything that draws random numbers at construction exists by now: restore is safe here
-        start = run.restore(**self._stateful())
+        staged = first_epoch > 0 or not last_stage
+        saved = run.checkpoint_step() if staged else None
+        if saved is None:  # a fresh run, or one killed before its first checkpoint: restore starts over
+            start = run.restore(**self._stateful()) if first_epoch == 0 else first_epoch
+        elif first_epoch < saved <= epochs:  # this stage's checkpoint (its last one if it had finished)
+            start = run.restore(**self._stateful())
+        else:  # a later stage starts fresh after an earlier one; an earlier one is skipped
+            start = first_epoch if saved <= first_epoch else epochs
         metrics: dict = {}
-        with run.progress(epochs, title, start=start) as bar:
+        if start >= epochs:
+            return metrics
+        with run.progress(epochs - first_epoch, title, start=start - first_epoch) as bar:
             for epoch in range(start, epochs):
                 self.model.train()
                 losses: list[float] = []
@@ -378,7 +398,7 @@ class Engine:
                     metrics.update(distributed.from_main(lambda: evaluate(self.model)) if part else evaluate(self.model))
                 run.log(epoch + 1, **metrics)
                 bar.update(1, **{k: v for k, v in metrics.items() if k != "lr"})
-                if (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs:
+                if ((epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs) or (epoch + 1 == epochs and not last_stage):
                     run.save_checkpoint(self.state_dict(), epoch + 1)
         return metrics
 
@@ -437,6 +457,9 @@ class _NoRun:
 
     def restore(self, **targets) -> int:
         return 0
+
+    def checkpoint_step(self) -> None:
+        return None
 
     def progress(self, total: int, description: str, start: int = 0):
         return _Unseen()

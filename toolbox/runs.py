@@ -230,6 +230,14 @@ class Run:
             return
         save_state(self.dir / CHECKPOINT, {"step": int(step), "state": state, "rng": self._rng_state()})
 
+    def checkpoint_step(self) -> int | None:
+        """The step of a resumed run's checkpoint, read without restoring anything; None for a fresh run
+        or one killed before its first checkpoint."""
+        path = self.dir / CHECKPOINT
+        if not self.resumed or not path.exists():
+            return None
+        return int(load_state(path)["step"])
+
     def load_checkpoint(self) -> dict | None:
         path = self.dir / CHECKPOINT
         if not self.resumed:

@@ -1,5 +1,10 @@
-"""Intermediate outputs of any model, taken with forward hooks, so attention transfer needs no
-rewritten forward pass: name the module paths (the WRN groups by default)."""
+"""Intermediate outputs of any model, taken with forward hooks, so attention transfer and the
+distillers need no rewritten forward pass: name the module paths (the architecture's by default).
+
+A tap is a module path (its output), ``path:in`` (its input: the pooled vector a classifier reads)
+or ``relu:path`` (its output after a ReLU the model applies functionally, outside any module).
+RepDistiller's feature list, which its distillers index, is ``[stem, *groups, pooled]``; architectures
+name its parts (``stem_layer``, ``feature_layers``, ``pooled_layer``, ``preact_layers``)."""
 
 from __future__ import annotations
 
@@ -21,28 +26,63 @@ def _some_modules(model, limit: int = 12) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
+def repdistiller_layers(model, arch: str, role: str, preact: bool = False) -> list[str]:
+    """The taps of RepDistiller's ``model(x, is_feat=True, preact=preact)`` list: stem, groups, pooled."""
+    stem, pooled = getattr(model, "stem_layer", None), getattr(model, "pooled_layer", None)
+    groups = getattr(model, "preact_layers" if preact else "feature_layers", None)
+    if not (stem and pooled and groups):
+        what = "pre-activation " if preact else ""
+        raise UsageError(f"{role} architecture '{arch}' names no {what}feature taps for the distillers (stem, groups, "
+                         f"pooled); use one of the CIFAR architectures in `toolbox models`, or distil with --loss kd")
+    return [stem, *groups, pooled]
+
+
+def _parse(spec: str) -> tuple[str, str, bool]:
+    """-> (module path, 'out' or 'in', relu after?)"""
+    relu = spec.startswith("relu:")
+    path = spec[5:] if relu else spec
+    where = "out"
+    if path.endswith(":in"):
+        path, where = path[:-3], "in"
+    return path, where, relu
+
+
 class FeatureTap:
-    """Records the outputs of ``layers`` (in that order) on every forward pass of ``model``."""
+    """Records the taps ``layers`` (in that order) on every forward pass of ``model``."""
 
     def __init__(self, model, layers: list[str], arch: str, role: str):
         modules = dict(model.named_modules())
-        missing = [name for name in layers if name not in modules]
+        parsed = [_parse(spec) for spec in layers]
+        missing = [spec for spec, (path, _, _) in zip(layers, parsed) if path not in modules]
         if missing:
-            raise UsageError(f"{role} '{arch}' has no module '{missing[0]}' for attention transfer; "
+            raise UsageError(f"{role} '{arch}' has no module '{missing[0]}' to tap; "
                              f"valid module paths include: {_some_modules(model)}")
         self.layers = list(layers)
-        self.outputs: list[torch.Tensor] = []
-        self._handles = [modules[name].register_forward_hook(self._keep) for name in layers]
+        self.outputs: dict[int, torch.Tensor] = {}
+        self._handles = []
+        for k, (path, where, relu) in enumerate(parsed):
+            keep = self._keeper(k, relu)
+            if where == "in":
+                self._handles.append(modules[path].register_forward_pre_hook(lambda m, inputs, keep=keep: keep(inputs[0])))
+            else:
+                self._handles.append(modules[path].register_forward_hook(lambda m, inputs, out, keep=keep: keep(out)))
 
-    def _keep(self, module, inputs, output):
-        self.outputs.append(output)
+    def _keeper(self, k: int, relu: bool):
+        def keep(t):
+            self.outputs[k] = torch.relu(t) if relu else t
+        return keep
 
     def __call__(self, model, x):
         """(logits, [features]) of one forward pass."""
-        self.outputs = []
+        self.outputs = {}
         logits = model(x)
-        feats, self.outputs = self.outputs, []
+        feats = [self.outputs[k] for k in range(len(self.layers))]
+        self.outputs = {}
         return logits, feats
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
 
 
 def check_attention_pairs(student_tap, teacher_tap, student, teacher, input_shape, device) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from toolbox import data, engine
+from toolbox import data, distributed, engine
 from toolbox.augment import random_crop_flip
 from toolbox.errors import UsageError
 from toolbox.evaluation import accuracy, predict
@@ -15,12 +15,28 @@ from toolbox.losses import attention_loss, kd_loss
 from toolbox.models import build_for
 from toolbox.teachers import load_teacher, teacher_record
 
-from .features import FeatureTap, check_attention_pairs, default_layers
+from . import zoo
+from .features import FeatureTap, check_attention_pairs, default_layers, repdistiller_layers
 from .shots import sample_shots, scaled_schedule, step_schedule
+from .zoo.base import feature_shapes
+
+
+def zoo_objective(recipe_loss, term, s_logits, y, t_logits):
+    """RepDistiller's train_distill sum: gamma CE + alpha T^2 KL_batchmean (kd+<name> only) + beta term,
+    with gamma, alpha, beta = ce_weight, kd_weight and the distiller's weight (see recipe.Loss)."""
+    loss = recipe_loss.ce_weight * F.cross_entropy(s_logits, y)
+    if recipe_loss.kind.startswith("kd+"):
+        T = recipe_loss.temperature
+        kl = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean")
+        loss = loss + recipe_loss.kd_weight * T * T * kl
+    if term is not None:
+        weight = getattr(recipe_loss, zoo.settings_field(zoo.distiller_name(recipe_loss.kind))).weight
+        loss = loss + weight * term
+    return loss
 
 
 def kd_objective(recipe_loss, s_logits, y, t_logits=None, s_feats=(), t_feats=()):
-    """The recipe's composed loss (see recipe.Loss)."""
+    """The recipe's composed loss (see recipe.Loss) for ce, kd, at and kd+at."""
     kind, a, T = recipe_loss.kind, recipe_loss.alpha, recipe_loss.temperature
     if kind in ("kd", "kd+at"):
         if recipe_loss.kl_reduction == "mean":
@@ -64,31 +80,53 @@ def train_kd(recipe, run) -> dict:
                              f"input {loaded.config['input_shape']}), not {spec.name}; pick a teacher for this dataset")
         teacher_info = teacher_record(loaded, recipe.teacher.source, recipe.teacher.recipe)
         run.record(teacher=teacher_info)
-    s_tap = t_tap = None
-    if uses_at:
+    s_tap = t_tap = distiller = None
+    name = zoo.distiller_name(recipe.loss.kind)
+    if name:
+        s_tap, t_tap, distiller = build_distiller(recipe, name, student, teacher, loaded.config["architecture"],
+                                                  spec.shape, len(y_all), device)
+        if distiller.needs_index:  # the sample's row in the training set rides along with its label
+            y_all = torch.stack([y_all, torch.arange(len(y_all))], 1)
+    elif uses_at:
         s_layers = recipe.loss.student_layers or default_layers(student, recipe.student.arch, "student")
         t_layers = recipe.loss.teacher_layers or default_layers(teacher, loaded.config["architecture"], "teacher")
         s_tap = FeatureTap(student, s_layers, recipe.student.arch, "student")
         t_tap = FeatureTap(teacher, t_layers, loaded.config["architecture"], "teacher")
         check_attention_pairs(s_tap, t_tap, student, teacher, spec.shape, device)
 
-    opt = engine.make_optimizer(student.parameters(), recipe.optim)
     if getattr(x_all, "streamed", False):  # the same order from the same generator, decoded as it goes
         batches = engine.LoaderBatches(x_all.with_labels(y_all), recipe.data.batch_size, run.generator("order"), device)
     else:
         batches = engine.TensorBatches(x_all, y_all, recipe.data.batch_size, run.generator("order"), device)
+    title = f"kd[{recipe.loss.kind}] -> {recipe.student.arch} on {spec.name}" + (f", {shots} shots" if shots else "")
+    checkpoint_every = recipe.checkpoint_every or max(1, epochs // 20)
+    extra = {"distiller": distiller} if distiller is not None else None
+    stage = distiller.stage(student) if distiller is not None else None
+    first_epoch = 0
+    augment = run.generator("augment")
+    if stage is not None:  # e.g. FitNet's hints: its own optimiser, epochs numbered before distillation's
+        stage_opt = engine.make_optimizer(stage.parameters, recipe.optim.model_copy(
+            update={"lr": stage.lr or recipe.optim.lr}))
+        pre = engine.Engine(run, student, stage_opt, None, speed=recipe.speed, loop=recipe.loop, extra=extra)
+        pre.fit(batches, stage.epochs, loss=stage_step_loss(recipe, pre, teacher, stage, distiller, s_tap, t_tap, augment),
+                checkpoint_every=checkpoint_every, title=f"{name} stage '{stage.name}'", last_stage=False)
+        first_epoch = stage.epochs
+        run.record(stages={stage.name: {"epochs": [0, stage.epochs]}, "distillation": {"epochs": [first_epoch, first_epoch + epochs]}})
+
+    params = list(student.parameters()) + (distiller.main_parameters() if distiller is not None else [])
+    opt = engine.make_optimizer(params, recipe.optim)
     sched = step_schedule(opt, milestones, recipe.schedule.gamma,
                           steps_per_epoch=engine.optimizer_steps(len(batches), recipe.loop.accumulate))
-    trainer = engine.Engine(run, student, opt, sched, speed=recipe.speed, loop=recipe.loop)
-    loss = kd_step_loss(recipe, trainer, teacher if needs_teacher else None, s_tap, t_tap, run.generator("augment"))
+    trainer = engine.Engine(run, student, opt, sched, speed=recipe.speed, loop=recipe.loop, extra=extra)
+    loss = kd_step_loss(recipe, trainer, teacher if needs_teacher else None, s_tap, t_tap, augment, distiller)
     test_x = real.normalize(real.test_x)
 
     def evaluate(model):
         return {"accuracy": accuracy(model, test_x, real.test_y, device=device)}
 
-    title = f"kd[{recipe.loss.kind}] -> {recipe.student.arch} on {spec.name}" + (f", {shots} shots" if shots else "")
-    metrics = trainer.fit(batches, epochs, loss=loss, evaluate=evaluate, eval_every=recipe.eval_every or max(1, epochs // 20),
-                          checkpoint_every=recipe.checkpoint_every or max(1, epochs // 20), title=title)
+    metrics = trainer.fit(batches, first_epoch + epochs, loss=loss, evaluate=evaluate,
+                          eval_every=recipe.eval_every or max(1, epochs // 20), checkpoint_every=checkpoint_every,
+                          title=title, first_epoch=first_epoch)
 
     final = {"accuracy": metrics["accuracy"], "loss": metrics["train_loss"]}
     if teacher is not None:
@@ -102,25 +140,71 @@ def train_kd(recipe, run) -> dict:
     return final
 
 
-def kd_step_loss(recipe, trainer, teacher, s_tap, t_tap, augment_generator):
+def build_distiller(recipe, name, student, teacher, teacher_arch, input_shape, n_data, device):
+    """-> (student tap, teacher tap, distiller) for zoo distiller ``name``: taps on RepDistiller's feature
+    lists (or the recipe's own student_layers/teacher_layers), the distiller built from their shapes."""
+    cls = zoo.distiller_class(name)
+    s_layers = recipe.loss.student_layers or repdistiller_layers(student, recipe.student.arch, "student", cls.preact)
+    t_layers = recipe.loss.teacher_layers or repdistiller_layers(teacher, teacher_arch, "teacher", cls.preact)
+    s_tap = FeatureTap(student, s_layers, recipe.student.arch, "student")
+    t_tap = FeatureTap(teacher, t_layers, teacher_arch, "teacher")
+    s_shapes = feature_shapes(s_tap, student, input_shape, device)
+    t_shapes = feature_shapes(t_tap, teacher, input_shape, device)
+    distiller = cls(getattr(recipe.loss, zoo.settings_field(name)), s_shapes, t_shapes, n_data).to(device)
+    if distributed.world() > 1 and (distiller.main_parameters() or distiller.stage(student) is not None):
+        raise UsageError(f"--loss {name} trains modules of its own beside the student, which runs in one process "
+                         "for now; drop --nproc (or distil with a parameter-free loss such as kd, at, sp or pkt)")
+    return s_tap, t_tap, distiller
+
+
+def _augmented(settings, x, generator, trainer):
+    if settings.augment == "none":
+        return x
+    # on several ranks: the whole batch's draws, this rank's rows of them (trainer.share)
+    return random_crop_flip(x, settings.crop_padding, settings.augment == "crop_flip", generator, trainer.share)
+
+
+def kd_step_loss(recipe, trainer, teacher, s_tap, t_tap, augment_generator, distiller=None):
     """The engine's ``loss(forward, x, y)``: augment, run the frozen teacher (no gradients, under the
     engine's autocast like the student, in its memory layout and compiled with it), then the composed loss.
-    ``teacher`` None: plain cross-entropy, no teacher pass."""
+    ``teacher`` None: plain cross-entropy, no teacher pass. With a zoo ``distiller``, ``y`` may carry each
+    sample's index as a second column (CRD)."""
     settings = recipe.data
     if teacher is not None:
         trainer.speed.layout(teacher)
         teacher_forward = trainer.speed.maybe_compile(teacher)
+    if distiller is not None:
+        distiller.train()  # a stage may have left it in eval mode; its frozen parts stay so (its train())
 
     def loss(forward, x, y):
-        if settings.augment != "none":
-            # on several ranks: the whole batch's draws, this rank's rows of them (trainer.share)
-            x = random_crop_flip(x, settings.crop_padding, settings.augment == "crop_flip", augment_generator,
-                                 trainer.share)
+        x = _augmented(settings, x, augment_generator, trainer)
+        index = None
+        if y.dim() == 2:
+            y, index = y[:, 0], y[:, 1]
         t_logits, t_feats = None, []
         if teacher is not None:
             with torch.no_grad():
                 t_logits, t_feats = t_tap(teacher_forward, x) if t_tap else (teacher_forward(x), [])
         s_logits, s_feats = s_tap(forward, x) if s_tap else (forward(x), [])
+        if distiller is not None:
+            return zoo_objective(recipe.loss, distiller(s_feats, t_feats, index), s_logits, y, t_logits)
         return kd_objective(recipe.loss, s_logits, y, t_logits, s_feats, t_feats)
+
+    return loss
+
+
+def stage_step_loss(recipe, trainer, teacher, stage, distiller, s_tap, t_tap, augment_generator):
+    """The engine's ``loss`` for a distiller's stage: the stage's own loss on the two feature lists (the
+    student's only where it reads them), on the same augmented batches as distillation."""
+    trainer.speed.layout(teacher)
+    teacher_forward = trainer.speed.maybe_compile(teacher)
+    distiller.train()
+
+    def loss(forward, x, y):
+        x = _augmented(recipe.data, x, augment_generator, trainer)
+        with torch.no_grad():
+            _, t_feats = t_tap(teacher_forward, x)
+        s_feats = s_tap(forward, x)[1] if stage.needs_student else None
+        return stage.loss(s_feats, t_feats)
 
     return loss

@@ -27,6 +27,12 @@ from toolbox.recipes import (
 )
 from toolbox.teachers import TeacherSection as Teacher
 
+from . import zoo
+from .zoo import settings as zoo_settings
+
+# the composed losses --loss takes: the classic four, each zoo distiller alone and combined with KD
+KINDS = ("ce", "kd", "at", "kd+at", *zoo.DISTILLERS, *(f"kd+{name}" for name in zoo.DISTILLERS))
+
 
 class Student(ArchSection):
     arch: ArchName = "wrn-16-1"
@@ -45,9 +51,13 @@ class Loss(Section):
     ce: CE;  kd: (1-alpha) CE + 2 alpha T^2 KL_mean(T);  at: CE + at_weight * sum AT;  kd+at: both.
     at_weight multiplies the sum over layer pairs, as the AT authors' code does; the few-shot reference
     weights each of n pairs by beta * 3 / n, the same for the 3 WRN groups it runs AT on. With another
-    number of layers, at_weight = beta * 3 / n reproduces it."""
+    number of layers, at_weight = beta * 3 / n reproduces it.
 
-    kind: Literal["ce", "kd", "at", "kd+at"] = "kd+at"
+    A zoo distiller <name> (toolbox_kd.zoo): ce_weight * CE + loss.<name>.weight * its term, and with
+    kd+<name> also kd_weight * T^2 KL_batchmean(T): RepDistiller's -r, -b and -a (its README combines
+    a distiller with KD at -a 1)."""
+
+    kind: Literal[KINDS] = "kd+at"
     alpha: Probability = 0.9
     temperature: Temperature = 4.0
     # "mean" divides KL by batch*classes and is what the reference's 2*alpha*T^2 factor is tuned to;
@@ -57,6 +67,22 @@ class Loss(Section):
     # module paths whose outputs are matched; empty = the architecture's feature_layers (WRN groups)
     student_layers: list[str] = []
     teacher_layers: list[str] = []
+    ce_weight: LossWeight = 1.0  # zoo kinds: RepDistiller's -r
+    kd_weight: LossWeight = 1.0  # kd+<name>: RepDistiller's -a
+    fitnet: zoo_settings.FitNet = zoo_settings.FitNet()
+    sp: zoo_settings.SP = zoo_settings.SP()
+    cc: zoo_settings.CC = zoo_settings.CC()
+    vid: zoo_settings.VID = zoo_settings.VID()
+    rkd: zoo_settings.RKD = zoo_settings.RKD()
+    pkt: zoo_settings.PKT = zoo_settings.PKT()
+    ab: zoo_settings.AB = zoo_settings.AB()
+    ft: zoo_settings.FT = zoo_settings.FT()
+    fsp: zoo_settings.FSP = zoo_settings.FSP()
+    nst: zoo_settings.NST = zoo_settings.NST()
+    crd: zoo_settings.CRD = zoo_settings.CRD()
+    kd_svd: zoo_settings.KDSVD = zoo_settings.KDSVD()
+    mhgd: zoo_settings.MHGD = zoo_settings.MHGD()
+    iep: zoo_settings.IEP = zoo_settings.IEP()
 
 
 class Optim(Section):

@@ -41,6 +41,7 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     feature_layers = ("layer1", "layer2", "layer3")
+    stem_layer, pooled_layer = "relu:bn1", "fc:in"
 
     def __init__(self, depth: int, widths=(16, 16, 32, 64), num_classes: int = 10, in_channels: int = 3,
                  image_size: int = 32):

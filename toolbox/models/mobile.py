@@ -55,6 +55,8 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     feature_layers = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
+    stem_layer, pooled_layer = "conv1", "classifier:in"
+    preact_layers = feature_layers  # the reference gives the same list with preact=True
     # expansion t, channels c, units n, first stride s (the paper's table 2, CIFAR strides)
     SETTING = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1),
                (None, 160, 3, 2), (None, 320, 1, 1))
@@ -114,6 +116,7 @@ class ShuffleUnitV1(nn.Module):
 
 class ShuffleNetV1(nn.Module):
     feature_layers = ("layer1", "layer2", "layer3")
+    stem_layer, pooled_layer = "relu:bn1", "linear:in"
 
     def __init__(self, widths=(240, 480, 960), units=(4, 8, 4), groups: int = 3, num_classes: int = 10,
                  in_channels: int = 3, image_size: int = 32):
@@ -188,6 +191,7 @@ class DownUnitV2(nn.Module):
 
 class ShuffleNetV2(nn.Module):
     feature_layers = ("layer1", "layer2", "layer3")
+    stem_layer, pooled_layer = "relu:bn1", "linear:in"
 
     def __init__(self, widths=(116, 232, 464, 1024), units=(3, 7, 3), num_classes: int = 10, in_channels: int = 3,
                  image_size: int = 32):

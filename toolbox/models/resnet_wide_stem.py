@@ -60,6 +60,7 @@ DEPTHS = {18: (Basic, (2, 2, 2, 2)), 34: (Basic, (3, 4, 6, 3)), 50: (Bottleneck,
 
 class WideStemResNet(nn.Module):
     feature_layers = ("layer1", "layer2", "layer3", "layer4")
+    stem_layer, pooled_layer = "relu:bn1", "linear:in"
 
     def __init__(self, depth: int = 50, num_classes: int = 10, in_channels: int = 3, image_size: int = 32):
         super().__init__()

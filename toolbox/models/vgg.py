@@ -7,7 +7,7 @@ conv per block); vgg11/13/16/19 are Simonyan & Zisserman's A/B/D/E.
 The module names and initialisation are the reference's (convolutions normal with std sqrt(2 / (k*k*out)),
 biases 0, batch norms 1 and 0, the linear layer normal with std 0.01), so its checkpoints load key for
 key. As there, the pooling after block 3 happens only for 64x64 inputs (32x32 images reach block 4 at 4x4).
-Feature taps: ``block1``..``block4`` (before their last ReLU, as the reference's preact features).
+Feature taps: ``block1``..``block4`` after their ReLU (before it, the reference's preact features).
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ def _block(widths: list[int], in_channels: int) -> nn.Sequential:
 
 
 class VGG(nn.Module):
-    feature_layers = ("block1", "block2", "block3", "block4")
+    # the reference's features are the blocks after their ReLU, its preact features before it
+    feature_layers = ("relu:block1", "relu:block2", "relu:block3", "relu:block4")
+    stem_layer, pooled_layer = "relu:block0", "classifier:in"
+    preact_layers = ("block1", "block2", "block3", "block4")
 
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3, image_size: int = 32):
         super().__init__()

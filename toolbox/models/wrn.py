@@ -40,6 +40,10 @@ class BasicBlock(nn.Module):
 
 class WideResNet(nn.Module):
     feature_layers = ("group1", "group2", "group3")
+    # the rest of RepDistiller's feature list (see toolbox_kd.features): its stem, its pooled vector, and
+    # the pre-activations of the group outputs (each next batch norm's output, as its preact=True gives)
+    stem_layer, pooled_layer = "conv1", "fc:in"
+    preact_layers = ("group2.0.bn1", "group3.0.bn1", "bn")
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 10, in_channels: int = 3,
                  image_size: int = 32, dropout: float = 0.0):

@@ -1,0 +1,64 @@
+"""What every distiller is: a module built from the shapes of the two feature lists, whose forward
+gives its (unweighted) term for one batch, and optionally a stage trained before distillation.
+
+The feature lists are RepDistiller's ``model(x, is_feat=True)``: ``[stem, group_1..group_k, pooled]``
+(``preact = True``: the groups before their last ReLU, as AB reads them), so a distiller indexes them as
+its reference does (feats[-1] the pooled vector, feats[1:-1] the groups, feats[-2] the last group)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Stage:
+    """A stage trained before distillation (FitNet's hints, FT's paraphraser, AB's and FSP's
+    initialisation): ``loss(s_feats, t_feats)`` minimised over ``parameters`` for ``epochs`` with SGD at a
+    constant rate (``lr`` None: the recipe's), the recipe's momentum and weight decay, as RepDistiller's
+    helper/pretrain.py does. ``needs_student`` False: the loss reads the teacher's features only."""
+
+    name: str
+    epochs: int
+    loss: Callable
+    parameters: list = field(default_factory=list)
+    lr: float | None = None
+    needs_student: bool = True
+
+
+class Distiller(nn.Module):
+    """Built as ``Distiller(settings, s_shapes, t_shapes, n_data)``: the recipe section, the shapes of
+    the student's and teacher's feature lists (batch 2), and the number of training samples."""
+
+    preact = False  # True: the group features are taken before their last ReLU (AB)
+    needs_index = False  # True: forward gets each sample's index into the training set (CRD's memory)
+
+    def __init__(self, settings, s_shapes: list[torch.Size], t_shapes: list[torch.Size], n_data: int):
+        super().__init__()
+        self.settings = settings
+
+    def forward(self, s_feats: list, t_feats: list, index: torch.Tensor | None = None):
+        """The term for one batch, or None where the method adds nothing after its stage (AB, FSP)."""
+        raise NotImplementedError
+
+    def stage(self, student) -> Stage | None:
+        """The stage to train first, or None."""
+        return None
+
+    def main_parameters(self) -> list:
+        """What the distillation stage trains besides the student (regressors, embeddings)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def feature_shapes(tap, model, input_shape, device) -> list[torch.Size]:
+    """The shapes of ``model``'s tapped features on two zero images, in eval mode (the reference probes
+    with a batch of two as well)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        _, feats = tap(model, torch.zeros(2, *input_shape, device=device))
+    model.train(was)
+    return [f.shape for f in feats]
