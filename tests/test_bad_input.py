@@ -149,6 +149,12 @@ ROWS = [
          expect="ipc must be between 1 and 131 (the smallest class of digits), got 5000", out="big-ipc"),
     case("kd-shots-above-class-size", "distill", "kd", "--teacher", "run", "--student", "mlp", "--shots", "100000",
          "--out", "many-shots", *MLP, expect="--shots 100000 is more than class 0 has", out="many-shots"),
+    case("kd-unknown-distiller", "distill", "kd", "--loss", "kd+crdd", *MLP, expect="(got 'kd+crdd'); did you mean 'kd+crd'?"),
+    case("kd-distiller-untapped-student", "distill", "kd", "--teacher", "run", "--student", "mlp", "--loss", "kd+pkt",
+         "--out", "zoo-mlp", *MLP, expect="student architecture 'mlp' names no feature taps for the distillers", out="zoo-mlp"),
+    case("kd-distiller-missing-tap", "distill", "kd", "--teacher", "run", "--student", "wrn-16-1", "--loss", "pkt",
+         "-o", "loss.student_layers=[conv1, group9, fc:in]", "--out", "zoo-tap", *MLP,
+         expect="student 'wrn-16-1' has no module 'group9' to tap; valid module paths include: conv1, group1", out="zoo-tap"),
     case("dataset-not-on-disk", "train", "supervised", "--arch", "mlp", "--dataset", "mnist", "--out", "no-data", *MLP,
          expect="dataset 'mnist' is missing", out="no-data"),
 

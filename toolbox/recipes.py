@@ -507,4 +507,10 @@ def format_validation_error(err: ValidationError, schema, ref, options: dict | N
         kind, bounds = numbers[0]
         element = " each element" if isinstance(first["loc"][-1], int) else ""
         return f"{named}{origin}:{element} must be {describe_range(kind, bounds)} (got {shown})"
+    if first["type"] == "literal_error" and isinstance(got, str):
+        # one of a fixed set (a loss, a schedule kind): name the closest
+        valid = [str(v) for v in first.get("ctx", {}).get("expected", "").replace("'", "").replace(" or ", ", ").split(", ")]
+        close = difflib.get_close_matches(got, valid, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{named}{origin}: {first['msg']} (got {shown}){hint}"
     return f"{named}{origin}: {first['msg'].removeprefix('Value error, ')} (got {shown})"

@@ -85,8 +85,9 @@ class FeatureTap:
             h.remove()
 
 
-def check_attention_pairs(student_tap, teacher_tap, student, teacher, input_shape, device) -> None:
-    """One forward pass on zeros: the matched maps must pair up and agree in spatial size."""
+def check_attention_pairs(student_tap, teacher_tap, student, teacher, input_shape, device, pool: bool = False) -> None:
+    """One forward pass on zeros: the matched maps must pair up and agree in spatial size (unless
+    ``pool``: then the larger is pooled to the smaller)."""
     if len(student_tap.layers) != len(teacher_tap.layers):
         raise UsageError(f"attention transfer pairs layers one to one: student has {len(student_tap.layers)} "
                          f"({', '.join(student_tap.layers)}), teacher {len(teacher_tap.layers)} ({', '.join(teacher_tap.layers)})")
@@ -98,6 +99,7 @@ def check_attention_pairs(student_tap, teacher_tap, student, teacher, input_shap
         _, t_feats = teacher_tap(teacher, x)
     student.train(was)
     for s_name, t_name, s, t in zip(student_tap.layers, teacher_tap.layers, s_feats, t_feats):
-        if s.dim() != 4 or t.dim() != 4 or s.shape[-2:] != t.shape[-2:]:
+        if s.dim() != 4 or t.dim() != 4 or (s.shape[-2:] != t.shape[-2:] and not pool):
             raise UsageError(f"attention maps differ in size: student '{s_name}' gives {tuple(s.shape[2:])}, teacher "
-                             f"'{t_name}' {tuple(t.shape[2:])}; match layers with the same resolution")
+                             f"'{t_name}' {tuple(t.shape[2:])}; match layers with the same resolution, or pool the "
+                             "larger map as RepDistiller does (-o loss.at_pool=true)")

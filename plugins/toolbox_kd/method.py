@@ -47,8 +47,19 @@ def kd_objective(recipe_loss, s_logits, y, t_logits=None, s_feats=(), t_feats=()
     else:
         loss = F.cross_entropy(s_logits, y)
     if kind in ("at", "kd+at"):
+        if recipe_loss.at_pool:
+            s_feats, t_feats = zip(*(_same_size(s, t) for s, t in zip(s_feats, t_feats)))
         loss = loss + recipe_loss.at_weight * sum(attention_loss(s, t) for s, t in zip(s_feats, t_feats))
     return loss
+
+
+def _same_size(s, t):
+    """RepDistiller's Attention.at_loss: the larger of two square maps average-pooled to the smaller."""
+    if s.shape[2] > t.shape[2]:
+        return F.adaptive_avg_pool2d(s, t.shape[2:]), t
+    if s.shape[2] < t.shape[2]:
+        return s, F.adaptive_avg_pool2d(t, s.shape[2:])
+    return s, t
 
 
 def train_kd(recipe, run) -> dict:
@@ -92,7 +103,7 @@ def train_kd(recipe, run) -> dict:
         t_layers = recipe.loss.teacher_layers or default_layers(teacher, loaded.config["architecture"], "teacher")
         s_tap = FeatureTap(student, s_layers, recipe.student.arch, "student")
         t_tap = FeatureTap(teacher, t_layers, loaded.config["architecture"], "teacher")
-        check_attention_pairs(s_tap, t_tap, student, teacher, spec.shape, device)
+        check_attention_pairs(s_tap, t_tap, student, teacher, spec.shape, device, pool=recipe.loss.at_pool)
 
     if getattr(x_all, "streamed", False):  # the same order from the same generator, decoded as it goes
         batches = engine.LoaderBatches(x_all.with_labels(y_all), recipe.data.batch_size, run.generator("order"), device)
@@ -105,6 +116,8 @@ def train_kd(recipe, run) -> dict:
     first_epoch = 0
     augment = run.generator("augment")
     if stage is not None:  # e.g. FitNet's hints: its own optimiser, epochs numbered before distillation's
+        if recipe.schedule.scale_with_shots:  # as many SGD steps as the stage takes on the full data
+            stage.epochs = scaled_schedule(stage.epochs, [], len(real.train_y), spec.num_classes, shots)[0]
         stage_opt = engine.make_optimizer(stage.parameters, recipe.optim.model_copy(
             update={"lr": stage.lr or recipe.optim.lr}))
         pre = engine.Engine(run, student, stage_opt, None, speed=recipe.speed, loop=recipe.loop, extra=extra)
@@ -145,8 +158,8 @@ def build_distiller(recipe, name, student, teacher, teacher_arch, input_shape, n
     lists (or the recipe's own student_layers/teacher_layers), the distiller built from their shapes."""
     cls = zoo.distiller_class(name)
     s_layers = recipe.loss.student_layers or repdistiller_layers(student, recipe.student.arch, "student", cls.preact)
-    t_layers = recipe.loss.teacher_layers or repdistiller_layers(teacher, teacher_arch, "teacher", cls.preact)
     s_tap = FeatureTap(student, s_layers, recipe.student.arch, "student")
+    t_layers = recipe.loss.teacher_layers or repdistiller_layers(teacher, teacher_arch, "teacher", cls.preact)
     t_tap = FeatureTap(teacher, t_layers, teacher_arch, "teacher")
     s_shapes = feature_shapes(s_tap, student, input_shape, device)
     t_shapes = feature_shapes(t_tap, teacher, input_shape, device)

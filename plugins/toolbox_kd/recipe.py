@@ -67,6 +67,9 @@ class Loss(Section):
     # module paths whose outputs are matched; empty = the architecture's feature_layers (WRN groups)
     student_layers: list[str] = []
     teacher_layers: list[str] = []
+    # maps of different sizes: pool the larger to the smaller (RepDistiller's Attention, which its cross-type
+    # pairs need) instead of refusing (the AT authors' code matches equal sizes only)
+    at_pool: bool = False
     ce_weight: LossWeight = 1.0  # zoo kinds: RepDistiller's -r
     kd_weight: LossWeight = 1.0  # kd+<name>: RepDistiller's -a
     fitnet: zoo_settings.FitNet = zoo_settings.FitNet()
