@@ -34,8 +34,8 @@ Deviations:
   widths (sseung0703/Knowledge_distillation_via_TF2.0, distiller/KDSVD.py ``aux_layers``).
 - The singular vectors come from one ``torch.linalg.svd`` instead of the reference's eigen-decomposition
   of X^T X or X X^T (chosen by the map's shape); after the reference's sign rule they are the same
-  vectors. The teacher's PCA update reads the statistics before the batch's update (the reference does
-  not order the read and the assignment; the read comes first in practice).
+  vectors. The stage reads the PCA and batch-norm statistics before the batch updates them (the
+  reference does not order the reads and the assignments; the reads come first in practice).
 - Batch norm's running variance is PyTorch's (unbiased); TensorFlow's moving average takes the biased one.
 """
 
@@ -231,6 +231,10 @@ class IEP(Distiller):
         self.pcas = nn.ModuleList(IncrementalPCA(t[1]) for t in t_maps)
         self.links = nn.ModuleList(Link(dims[k - 1], dims[k]) for k in range(1, len(dims)))
 
+    def _own_dtype(self, feats):
+        # the SVDs and the PCA run in the distiller's precision, not under the engine's autocast
+        return [f.to(self.pcas[0].mean.dtype) for f in feats]
+
     def _teacher(self, t_feats, update_pca):
         """Per map: the teacher's spatial singular vectors, its PCA embedding, the PCA used."""
         out = []
@@ -244,8 +248,7 @@ class IEP(Distiller):
         return out
 
     def forward(self, s_feats, t_feats, index=None):
-        s_feats = [f.float() for f in s_feats]
-        t_feats = [f.float() for f in t_feats]
+        s_feats, t_feats = self._own_dtype(s_feats), self._own_dtype(t_feats)
         terms = []
         prev = None
         for k, (sfm, adapter, (u, t_b, pca)) in enumerate(zip(s_feats[1:-1], self.adapters, self._teacher(t_feats, False))):
@@ -268,15 +271,15 @@ class IEP(Distiller):
         """The stage's loss on the teacher's features: graph readouts against the PCA graphs plus the
         estimators' cosine error; it also updates the PCAs and the batch-norm statistics. ``noise``:
         one [HEADS, B, 1] draw per link for the head dropout (standard normal by default)."""
-        t_feats = [f.float() for f in t_feats]
+        t_feats = self._own_dtype(t_feats)
         losses = []
         embeddings = [t_b for _, t_b, _ in self._teacher(t_feats, True)]
         for k, link in enumerate(self.links):
             t_f, t_b = embeddings[k], embeddings[k + 1]
+            with torch.no_grad():  # the messages with the statistics from before this batch updates them
+                _, m_t = link.mpnn(t_b, t_f, False)
             g_t, _ = link.mpnn(t_b, t_f, True)
             losses.append(kld(cosine_graph(t_b), g_t))
-            with torch.no_grad():
-                _, m_t = link.mpnn(t_b, t_f, False)
             heads = link.attention(t_b, t_f, True)
             draw = noise[k] if noise is not None else torch.randn(HEADS, t_b.shape[0], 1, device=t_b.device)
             estimate = link.attention.estimate(t_f, heads, m_t.mean(2) * ITERATIONS, draw)
