@@ -70,4 +70,10 @@ class MHGD(Section):
 
 
 class IEP(Section):
+    """Lee & Song 2021 (sseung0703/IEPKT): the distillation term joins the cross-entropy with weight 1
+    (the unpublished op_util's sibling in sseung0703/MHGD adds it unscaled); ``init_epochs`` trains the
+    graph and attention networks and gathers the PCA statistics on the teacher first: train_w_distill.py's
+    init_epoch, 20 before its 100 CIFAR epochs (kept for that schedule)."""
+
     weight: LossWeight = 1.0
+    init_epochs: Count = 20
