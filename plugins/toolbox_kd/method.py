@@ -97,6 +97,7 @@ def train_kd(recipe, run) -> dict:
         s_tap, t_tap, distiller = build_distiller(recipe, name, student, teacher, loaded.config["architecture"],
                                                   spec.shape, len(y_all), device)
         if distiller.needs_index:  # the sample's row in the training set rides along with its label
+            distiller.bind_training_set(y_all, run.generator(name, device))
             y_all = torch.stack([y_all, torch.arange(len(y_all))], 1)
     elif uses_at:
         s_layers = recipe.loss.student_layers or default_layers(student, recipe.student.arch, "student")

@@ -34,7 +34,9 @@ class Distiller(nn.Module):
     the student's and teacher's feature lists (batch 2), and the number of training samples."""
 
     preact = False  # True: the group features are taken before their last ReLU (AB)
-    needs_index = False  # True: forward gets each sample's index into the training set (CRD's memory)
+    # True: forward gets each sample's index into the training set (CRD's memory), and bind_training_set
+    # is called once before training
+    needs_index = False
 
     def __init__(self, settings, s_shapes: list[torch.Size], t_shapes: list[torch.Size], n_data: int):
         super().__init__()
@@ -42,6 +44,12 @@ class Distiller(nn.Module):
 
     def forward(self, s_feats: list, t_feats: list, index: torch.Tensor | None = None):
         """The term for one batch, or None where the method adds nothing after its stage (AB, FSP)."""
+        raise NotImplementedError
+
+    def bind_training_set(self, labels: torch.Tensor, generator: torch.Generator) -> None:
+        """Where ``needs_index``: the training set's labels (row i: sample i's) and a run generator to draw
+        samples of it with (CRD's negatives). The run checkpoints the generator's state with the distiller's,
+        so a resumed run draws what the uninterrupted one would have."""
         raise NotImplementedError
 
     def stage(self, student) -> Stage | None:

@@ -5,7 +5,9 @@ authors' code for KD-SVD, MHGD and IEP. ``weight`` multiplies the distiller's te
 
 from __future__ import annotations
 
-from toolbox.recipes import Count, Int, LossWeight, Section
+from typing import Literal
+
+from toolbox.recipes import Count, Int, LossWeight, Momentum, Section, Temperature
 
 
 class FitNet(Section):
@@ -58,7 +60,18 @@ class NST(Section):
 
 
 class CRD(Section):
+    """Tian et al. 2020: the pooled features embedded (Linear, L2 norm) and contrasted against memory banks
+    of every training sample's embedding, RepDistiller's defaults (-b 0.8, its --feat_dim, --nce_k,
+    --nce_t, --nce_m, --mode). ``mode`` 'exact': the positive is the sample itself; 'relax': any sample of
+    its class. The ``nce_k`` negatives come from the other classes, without replacement where they number
+    at least ``nce_k``, with replacement otherwise (a few-shot set)."""
+
     weight: LossWeight = 0.8
+    feat_dim: Int(1, 65536) = 128
+    nce_k: Int(1, 10**7) = 16384
+    nce_t: Temperature = 0.07
+    nce_m: Momentum = 0.5
+    mode: Literal["exact", "relax"] = "exact"
 
 
 class KDSVD(Section):
