@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from toolbox.recipes import Count, Int, LossWeight, Momentum, Section, Temperature
+from toolbox.recipes import Count, Int, LearningRate, LossWeight, Momentum, Section, Temperature
 
 
 class FitNet(Section):
@@ -79,7 +79,17 @@ class KDSVD(Section):
 
 
 class MHGD(Section):
+    """Lee & Song 2019 (KD_methods_with_TF, nets/Relation.py and train_w_distill.py): its defaults, for
+    CIFAR-100 ResNets trained 40 + 100 epochs at batch 128; kept. ``init_epochs`` trains the attention
+    network on the teacher alone at ``init_lr`` (the reference's initial lr)."""
+
+    # the reference's coefficient, under its per-variable clip of the term's gradient to CE's (not done here);
+    # unclipped, the summed KL of a trained graph can outweigh CE (digits, 2 epochs: 0.18; weight 0.01: 0.89)
     weight: LossWeight = 1.0
+    heads: Int(1, 64) = 8  # num_head
+    student_vectors: Int(1, 64) = 4  # SVD_eid(sfm, 4): the student's vectors the teacher's is aligned to
+    init_epochs: Count = 40  # init_epoch
+    init_lr: LearningRate = 0.1  # Learning_rate, constant before the decay points
 
 
 class IEP(Section):
