@@ -280,6 +280,22 @@ def test_condensation_samples_its_real_batches_from_the_stream_with_identical_im
         assert _accuracy(streamed) == _accuracy(memory)
 
 
+
+def test_a_streamed_split_draws_the_random_baseline_from_disk_and_refuses_the_greedy_ones(digits_folder, monkeypatch):
+    from toolbox_condense import baselines
+
+    picked = {}
+    for budget in ("1G", "100K"):
+        monkeypatch.setenv("TOOLBOX_MEMORY_BUDGET", budget)
+        d = data.load(str(digits_folder))
+        picked[budget] = baselines.select("random", d, 3, None, 0, "cpu", None, torch.Generator().manual_seed(4))
+    assert d.streamed
+    assert all(torch.equal(a, b) for a, b in zip(picked["1G"], picked["100K"])) and picked["1G"][0].shape[0] == 30
+    for name in ("herding", "kcenter", "whole"):
+        with pytest.raises(RunError, match=rf"^the {name} baseline .*needs the training split .*raise TOOLBOX_MEMORY_BUDGET"):
+            baselines.select(name, d, 3, None, 0, "cpu", None, torch.Generator())
+
+
 PEAK = """
 import json, sys
 import torch
