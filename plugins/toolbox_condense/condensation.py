@@ -13,6 +13,12 @@ own classes' images and the ranks sum the images' gradient (dc.py), so every ran
 set, and the set, the momentum and the checkpoints are what one process makes (to rounding where a
 batched kernel sees fewer classes). The evaluator splits its models between the ranks
 (evaluator.py). Rank 0 alone writes the set, its images and its card.
+
+A training split over the memory budget (toolbox.data, streamed from disk) is never loaded whole: the
+real images are a sampling.StreamedRows, which decodes the rows each sampled per-class batch indexes
+(the initial images for init=real, then every iteration's batches), with the values and hence the set
+that the in-memory tensor gives. run.json's ``real_images`` records which, and how many rows a
+streamed run decoded.
 """
 
 from __future__ import annotations
