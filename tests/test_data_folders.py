@@ -259,6 +259,7 @@ def test_condensation_samples_its_real_batches_from_the_stream_with_identical_im
     decoded = []
     item = sources.StreamedImages.__getitem__
     monkeypatch.setattr(sources.StreamedImages, "__getitem__", lambda self, i: decoded.append(i) or item(self, i))
+    monkeypatch.setattr(runs.Run, "save_images", lambda run, name, *a, **kw: run.dir / "images" / f"{name}.png")
     batch, iterations = 16, 3
     for method in ("dm", "dc"):
         common = [f"data.dataset={digits_folder}", "ipc=1", f"iterations={iterations}", "init=real", "log_every=1",
