@@ -244,9 +244,57 @@ def test_a_budget_below_the_decoded_size_streams_with_identical_losses(digits_fo
     assert d.streamed and len(d.train_stream) == 1352
     with pytest.raises(RunError, match=r"needs the training split of .* in memory.*raise TOOLBOX_MEMORY_BUDGET"):
         d.train_x.to("cpu")  # a method that wants the tensor: one line, not an AttributeError
-    result = CliRunner().invoke(cli, ["condense", str(digits_folder), "--device", "cpu", "--threads", "1",
-                                      "--out", str(tmp_path / "dc")])
-    assert result.exit_code == 1 and "exceeds the memory budget" in result.stderr, result.output
+
+
+
+def _condense_losses(run_dir) -> list[float]:
+    """Each iteration's loss, then the last again beside the accuracy."""
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_condensation_samples_its_real_batches_from_the_stream_with_identical_images(digits_folder, tmp_path,
+                                                                                      monkeypatch):
+    from toolbox.artifacts import load_synthetic
+
+    decoded = []
+    item = sources.StreamedImages.__getitem__
+    monkeypatch.setattr(sources.StreamedImages, "__getitem__", lambda self, i: decoded.append(i) or item(self, i))
+    monkeypatch.setattr(runs.Run, "save_images", lambda run, name, *a, **kw: run.dir / "images" / f"{name}.png")
+    batch, iterations = 16, 3
+    for method in ("dm", "dc"):
+        common = [f"data.dataset={digits_folder}", "ipc=1", f"iterations={iterations}", "init=real", "log_every=1",
+                  f"data.batch_real={batch}", "eval.models=1", "eval.epochs=5"]
+        dirs = {}
+        for budget in ("1G", "100K"):
+            monkeypatch.setenv("TOOLBOX_MEMORY_BUDGET", budget)
+            decoded.clear()
+            dirs[budget], _ = runs.execute("condense", method, None, common, out=tmp_path / f"{method}-{budget}",
+                                           device="cpu")
+        memory, streamed = dirs["1G"], dirs["100K"]
+        assert _records(memory)["real_images"] == {"loading": "memory"}
+        record = _records(streamed)["real_images"]
+        assert record["loading"] == "streamed" and _records(streamed)["data"]["loading"]["train"] == "streamed"
+        # the initial images and each iteration's per-class batches, never the 1352 images of the split
+        assert len(decoded) == record["decoded_rows"] <= 10 * (1 + batch * iterations) < record["split_rows"] == 1352
+        assert _condense_losses(streamed) == _condense_losses(memory) and len(_condense_losses(memory)) == iterations + 1
+        assert torch.equal(load_synthetic(str(streamed)).images, load_synthetic(str(memory)).images)
+        assert _accuracy(streamed) == _accuracy(memory)
+
+
+
+def test_a_streamed_split_draws_the_random_baseline_from_disk_and_refuses_the_greedy_ones(digits_folder, monkeypatch):
+    from toolbox_condense import baselines
+
+    picked = {}
+    for budget in ("1G", "100K"):
+        monkeypatch.setenv("TOOLBOX_MEMORY_BUDGET", budget)
+        d = data.load(str(digits_folder))
+        picked[budget] = baselines.select("random", d, 3, None, 0, "cpu", None, torch.Generator().manual_seed(4))
+    assert d.streamed
+    assert all(torch.equal(a, b) for a, b in zip(picked["1G"], picked["100K"])) and picked["1G"][0].shape[0] == 30
+    for name in ("herding", "kcenter", "whole"):
+        with pytest.raises(RunError, match=rf"^the {name} baseline .*needs the training split .*raise TOOLBOX_MEMORY_BUDGET"):
+            baselines.select(name, d, 3, None, 0, "cpu", None, torch.Generator())
 
 
 PEAK = """

@@ -11,6 +11,10 @@ k-center (ipc images per class), and the whole training set.
   herding's image and reports the same accuracy; that is the DC authors' rule, not a shortcut.
 - whole: the full training set.
 
+On a training split streamed from disk (over the memory budget, toolbox.data) only random runs: it
+decodes just the images it draws. Herding and k-center need features of every training image and
+whole needs every image, so they refuse in one line that names the baseline and the fix.
+
 Both greedy rules are the pseudocode the DC authors gave for their baselines
 (VICO-UoE/DatasetCondensation issues #15 and #21; the repository ships no coreset code). Sener &
 Savarese's k-center greedy starts from an already labelled pool instead, and libraries without one
@@ -80,6 +84,8 @@ def kcenter(features: torch.Tensor, k: int) -> list[int]:
 
 def select(name: str, data, ipc: int, protocol: Protocol, seed: int, device, build, generator) -> tuple:
     """-> (images, labels) of baseline ``name``: normalised, on the CPU."""
+    if data.streamed:
+        return _select_streamed(name, data, ipc, generator)
     train_x, train_y = data.normalize(data.train_x), data.train_y
     if name == "whole":
         return train_x, train_y
@@ -102,3 +108,16 @@ def select(name: str, data, ipc: int, protocol: Protocol, seed: int, device, bui
     # images, whatever a GPU's nondeterminism would have made of the feature network elsewhere
     idx = torch.tensor(distributed.from_main(greedy))
     return train_x[idx], train_y[idx]
+
+
+def _select_streamed(name: str, data, ipc: int, generator) -> tuple:
+    """A training split over the memory budget (decoded from disk per item): random decodes only the rows
+    it draws (the same rows and values as in memory); herding and k-center rank features of every
+    training image, and whole is every image, so those refuse in one line."""
+    if name == "random":
+        idx, _ = ClassIndex(data.train_y, data.num_classes).sample(ipc, generator)
+        idx = idx.flatten()
+        return data.train_stream.tensor_at(idx.tolist()), data.train_y[idx]
+    why = "the whole training set" if name == "whole" else "features of every training image"
+    data.require_in_memory(f"the {name} baseline ({why}; random streams)")
+    raise AssertionError("require_in_memory returns only for a split in memory")

@@ -13,6 +13,12 @@ own classes' images and the ranks sum the images' gradient (dc.py), so every ran
 set, and the set, the momentum and the checkpoints are what one process makes (to rounding where a
 batched kernel sees fewer classes). The evaluator splits its models between the ranks
 (evaluator.py). Rank 0 alone writes the set, its images and its card.
+
+A training split over the memory budget (toolbox.data, streamed from disk) is never loaded whole: the
+real images are a sampling.StreamedRows, which decodes the rows each sampled per-class batch indexes
+(the initial images for init=real, then every iteration's batches), with the values and hence the set
+that the in-memory tensor gives. run.json's ``real_images`` records which, and how many rows a
+streamed run decoded.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from .card import write_card
 from .dc import LOOPS, Matcher, classes_batched, fresh_network, match_step
 from .dm import Embedder, dm_step
 from .evaluator import Protocol, evaluate_set
-from .sampling import ClassIndex
+from .sampling import ClassIndex, StreamedRows
 
 PAPERS = {"dc": "Zhao, Mopuri & Bilen, ICLR 2021 (arXiv:2006.05929)",
           "dsa": "Zhao & Bilen, ICML 2021 (arXiv:2102.08259)",
@@ -109,7 +115,10 @@ def run_condense(recipe, run) -> dict:
 
     strategy = strategy_for(recipe.augment.strategy, data.name)
     families = augment.parse_strategy(strategy) if recipe.method in ("dsa", "dm") and strategy != "none" else None
-    train_x = data.normalize(data.train_x).to(device)
+    # a split over the memory budget stays on disk: each sampled real batch is decoded through the
+    # class index (sampling.StreamedRows); otherwise the whole normalised split on the device, as always
+    train_x = StreamedRows(data.train_stream, device) if data.streamed else data.normalize(data.train_x).to(device)
+    run.record(real_images={"loading": "streamed" if data.streamed else "memory"})
     classes = ClassIndex(data.train_y.to(device), num_classes)
     # sampling and augmentation draw on the device (on the CPU: the CPU streams, unchanged), so nothing
     # is copied to a GPU per step; the network seeds and the initial images stay on the CPU (read once)
@@ -154,6 +163,8 @@ def run_condense(recipe, run) -> dict:
                 run.save_checkpoint({"images": syn.detach(), "optimizer": opt.state_dict(),
                                      **{k: v.state_dict() for k, v in kept.items()}}, it + 1)
 
+    if data.streamed:  # how many real images the sampled batches decoded (this process, this session)
+        run.record(real_images={"loading": "streamed", "decoded_rows": train_x.decoded, "split_rows": len(train_x)})
     images = syn.detach().flatten(0, 1).cpu()
     result = evaluate_set(images, labels, data, protocol, recipe.seed, device, speed=speed)
     metrics = {"accuracy": result["accuracy"], "accuracy_std": result["accuracy_std"], "loss": loss if recipe.iterations > start else None}

@@ -36,7 +36,7 @@ class Matcher:
     """Everything an iteration needs besides the synthetic images and their optimiser."""
 
     build: object            # () -> fresh network (default init from the global RNG)
-    train_x: torch.Tensor    # normalised real images on the device
+    train_x: torch.Tensor    # normalised real images on the device (or sampling.StreamedRows)
     classes: object          # sampling.ClassIndex
     batch_real: int
     outer_loop: int

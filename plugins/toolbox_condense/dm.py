@@ -30,7 +30,7 @@ from .dc import fresh_network
 @dataclass
 class Embedder:
     build: object
-    train_x: torch.Tensor
+    train_x: torch.Tensor  # normalised real images on the device (or sampling.StreamedRows)
     classes: object
     batch_real: int
     families: tuple | None

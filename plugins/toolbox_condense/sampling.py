@@ -40,3 +40,33 @@ class ClassIndex:
         idx = self.indices.gather(1, order)
         mask = torch.arange(order.shape[1], device=idx.device)[None, :] < self.counts.clamp(max=n)[:, None]
         return idx, mask
+
+
+class StreamedRows:
+    """The normalised training split of a streamed dataset (toolbox.data.sources.StreamedImages), standing
+    in for the tensor the in-memory path holds, as far as condensation uses it: ``rows[idx]`` with a
+    LongTensor ``idx`` of any shape (drawn by ClassIndex over the in-memory labels, whose positions are the
+    stream's rows) decodes exactly those rows from disk (each distinct row once) and returns them stacked as
+    ``idx.shape + image shape`` on ``device``; ``len``, ``shape``, ``dtype`` and ``device`` as the tensor's.
+    Nothing else is decoded or kept, so memory holds one real batch, not the split. The values are the
+    in-memory path's (the same division and normalisation per item), so a run is bit-identical."""
+
+    dtype = torch.float32
+
+    def __init__(self, stream, device):
+        self.stream, self.device = stream, torch.device(device)
+        self.shape = torch.Size((len(stream), *stream.shape))
+        self.decoded = 0  # rows decoded so far (run.json records it)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __getitem__(self, idx):
+        if not isinstance(idx, torch.Tensor) or idx.dtype != torch.long:
+            raise TypeError(f"streamed training images are indexed by a LongTensor of positions, not {type(idx).__name__}")
+        unique, inverse = torch.unique(idx.reshape(-1).cpu(), return_inverse=True)
+        if unique.numel() == 0:
+            return torch.empty((*idx.shape, *self.shape[1:]), dtype=self.dtype, device=self.device)
+        rows = self.stream.tensor_at(unique.tolist())
+        self.decoded += unique.numel()
+        return rows[inverse].view(*idx.shape, *self.shape[1:]).to(self.device)
