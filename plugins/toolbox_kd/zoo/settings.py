@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from toolbox.recipes import Count, Int, LearningRate, LossWeight, Momentum, Section, Temperature
+from toolbox.recipes import Count, Float, Int, LearningRate, LossWeight, Momentum, Section, Temperature
 
 
 class FitNet(Section):
@@ -26,14 +26,19 @@ class SP(Section):
 
 class CC(Section):
     weight: LossWeight = 0.02
+    feat_dim: Int(1, 65536) = 128  # the embeddings' width, RepDistiller's --feat_dim
 
 
 class VID(Section):
     weight: LossWeight = 1.0
+    init_pred_var: Float(gt=0, le=80) = 5.0  # the Gaussians' starting variance, RepDistiller's VIDLoss
+    eps: Float(gt=0, le=1) = 1e-5  # the variances' floor
 
 
 class RKD(Section):
     weight: LossWeight = 1.0
+    distance_weight: LossWeight = 25.0  # RepDistiller's RKDLoss w_d
+    angle_weight: LossWeight = 50.0  # and w_a
 
 
 class PKT(Section):
@@ -75,7 +80,11 @@ class CRD(Section):
 
 
 class KDSVD(Section):
+    """The weight is the authors' (their trainers add the term unweighted); RepDistiller's run script
+    has no KD-SVD line."""
+
     weight: LossWeight = 1.0
+    singular_vectors: Int(1, 64) = 1  # the teacher's kept vectors (the student keeps 3 more), RepDistiller's k
 
 
 class MHGD(Section):
