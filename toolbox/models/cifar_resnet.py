@@ -10,7 +10,8 @@ fan_out, on convolutions; batch norms at 1 and 0; the linear layer at torch's de
 
 The reference pools with AvgPool2d(8), i.e. the whole 8x8 map a 32x32 image ends with; pooling the
 whole map adaptively is the same there and also fits other image sizes (8x8 digits end at 2x2).
-Feature taps for distillers: ``layer1``..``layer3`` (block outputs after their ReLU).
+Feature taps for distillers: ``layer1``..``layer3`` (block outputs after their ReLU), and, as
+RepDistiller's ``preact=True``, each stage's last residual sum before that ReLU (``layerK.<last>.preact``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+        self.preact = nn.Identity()  # a tap point for the sum before the ReLU (stateless: no checkpoint keys)
         self.downsample = None
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
@@ -36,7 +38,7 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+        return F.relu(self.preact(out + (x if self.downsample is None else self.downsample(x))))
 
 
 class CifarResNet(nn.Module):
@@ -56,6 +58,7 @@ class CifarResNet(nn.Module):
         self.layer2 = self._stage(widths[1], widths[2], n, 2)
         self.layer3 = self._stage(widths[2], widths[3], n, 2)
         self.fc = nn.Linear(widths[3], num_classes)
+        self.preact_layers = tuple(f"layer{k}.{n - 1}.preact" for k in (1, 2, 3))
         kaiming_fan_out(self)
 
     @staticmethod

@@ -12,7 +12,8 @@ key for key:
 
 All pool their last map globally (the references' fixed pools cover the whole map of a 32x32 image).
 Feature taps: MobileNetV2 ``blocks.1``, ``blocks.2``, ``blocks.4``, ``blocks.6`` (the reference's
-features), the ShuffleNets ``layer1``..``layer3``.
+features), the ShuffleNets ``layer1``..``layer3``; with RepDistiller's ``preact=True`` the ShuffleNets give
+each stage's last unit before its final ReLU (``layerK.<last>.preact``, a stateless tap point).
 """
 
 from __future__ import annotations
@@ -104,14 +105,15 @@ class ShuffleUnitV1(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid)
         self.conv3 = nn.Conv2d(mid, out_planes, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
+        self.preact = nn.Identity()  # a tap point for the unit's output before its ReLU
 
     def forward(self, x):
         out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1))
-        return F.relu(out + x)
+            return F.relu(self.preact(torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1)))
+        return F.relu(self.preact(out + x))
 
 
 class ShuffleNetV1(nn.Module):
@@ -134,6 +136,7 @@ class ShuffleNetV1(nn.Module):
             stages.append(nn.Sequential(*layer))
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(widths[-1], num_classes)
+        self.preact_layers = tuple(f"layer{k}.{n - 1}.preact" for k, n in zip((1, 2, 3), units))
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
@@ -156,13 +159,17 @@ class ShuffleUnitV2(nn.Module):
         self.bn2 = nn.BatchNorm2d(half)
         self.conv3 = nn.Conv2d(half, half, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(half)
+        self.preact = nn.Identity()  # a tap point for the unit's output before its ReLU and shuffle
 
     def forward(self, x):
         c = x.shape[1] // 2
         kept, x = x[:, :c], x[:, c:]
         out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn3(self.conv3(self.bn2(self.conv2(out)))))
-        return channel_shuffle(torch.cat([kept, out], 1), 2)
+        out = self.bn3(self.conv3(self.bn2(self.conv2(out))))
+        # RepDistiller's preact: both halves, unshuffled, before the branch's ReLU; the ReLU stays on
+        # the branch alone (on the kept half it would cut the gradient where that is exactly zero)
+        self.preact(torch.cat([kept, out], 1))
+        return channel_shuffle(torch.cat([kept, F.relu(out)], 1), 2)
 
 
 class DownUnitV2(nn.Module):
@@ -207,6 +214,8 @@ class ShuffleNetV2(nn.Module):
         self.conv2 = nn.Conv2d(widths[2], widths[3], 1, bias=False)
         self.bn2 = nn.BatchNorm2d(widths[3])
         self.linear = nn.Linear(widths[3], num_classes)
+        # a stage is a downsampling unit and n units: its last is index n
+        self.preact_layers = tuple(f"layer{k}.{n}.preact" for k, n in zip((1, 2, 3), units))
 
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))

@@ -3,7 +3,8 @@ kuangliu/pytorch-cifar spread and RepDistiller's models/resnetv2.py keeps): ResN
 blocks, ResNet-50 with bottlenecks (expansion 4), widths 64/128/256/512 at strides 1/2/2/2, global
 average pooling, one linear layer. RepDistiller's module names (``shortcut`` as a possibly empty
 Sequential, ``linear``) and initialisation (Kaiming normal fan_out; batch norms 1 and 0), so its
-ResNet50 teacher imports key for key. Feature taps: ``layer1``..``layer4``.
+ResNet50 teacher imports key for key. Feature taps: ``layer1``..``layer4``, and, as RepDistiller's
+``preact=True``, each stage's last residual sum before its ReLU (``layerK.<last>.preact``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ class Basic(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = _shortcut(in_planes, planes, stride)
+        self.preact = nn.Identity()  # a tap point for the sum before the ReLU (stateless: no checkpoint keys)
 
     def forward(self, x):
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.preact(out + self.shortcut(x)))
 
 
 class Bottleneck(nn.Module):
@@ -48,11 +50,12 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.shortcut = _shortcut(in_planes, planes * 4, stride)
+        self.preact = nn.Identity()
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
-        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+        return F.relu(self.preact(self.bn3(self.conv3(out)) + self.shortcut(x)))
 
 
 DEPTHS = {18: (Basic, (2, 2, 2, 2)), 34: (Basic, (3, 4, 6, 3)), 50: (Bottleneck, (3, 4, 6, 3))}
@@ -79,6 +82,7 @@ class WideStemResNet(nn.Module):
             stages.append(nn.Sequential(*layer))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(512 * block.expansion, num_classes)
+        self.preact_layers = tuple(f"layer{k}.{n - 1}.preact" for k, n in zip((1, 2, 3, 4), counts))
         kaiming_fan_out(self)
 
     def forward(self, x):

@@ -15,10 +15,12 @@ from .base import Distiller, Stage
 
 class ConvRegressor(nn.Module):
     """Student map -> teacher map: a stride-2 conv where the student's is twice as large, a transposed
-    conv where it is half, a valid conv that shrinks it otherwise; then batch norm and ReLU."""
+    conv where it is half, a valid conv that shrinks it otherwise; then batch norm and (``relu``) ReLU.
+    AB's connector is the same without the ReLU (its loss reads the sign of a pre-activation)."""
 
-    def __init__(self, s_shape, t_shape):
+    def __init__(self, s_shape, t_shape, relu: bool = True):
         super().__init__()
+        self.relu = relu
         _, s_c, s_h, s_w = s_shape
         _, t_c, t_h, t_w = t_shape
         if s_h == 2 * t_h:
@@ -33,7 +35,8 @@ class ConvRegressor(nn.Module):
         self.bn = nn.BatchNorm2d(t_c)
 
     def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
+        x = self.bn(self.conv(x))
+        return F.relu(x) if self.relu else x
 
 
 class FitNet(Distiller):

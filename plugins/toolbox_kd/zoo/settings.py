@@ -46,16 +46,32 @@ class PKT(Section):
 
 
 class AB(Section):
+    """Heo et al. 2019: the student's pre-activations (through a connector) learn the teacher's
+    activation boundaries in an initialisation stage of ``init_epochs``; distillation adds no term
+    (RepDistiller's -b 1 multiplies a zero), so ``weight`` is kept for the schema only."""
+
     weight: LossWeight = 1.0
     init_epochs: Count = 30
+    margin: Float(ge=0, le=1e3) = 1.0  # ABLoss's margin around the boundary
 
 
 class FT(Section):
+    """Kim et al. 2018: a paraphraser learns the teacher's last group by reconstruction for
+    ``init_epochs`` (lr 0.01 for CIFAR ResNet and WRN students, else the recipe's, as RepDistiller),
+    then a translator matches the student's factor to the paraphraser's."""
+
     weight: LossWeight = 200.0
     init_epochs: Count = 30
+    rate: Float(gt=0, le=1) = 0.5  # the paraphrase rate k: factor channels = int(k * teacher channels)
+    p1: Int(1, 8) = 2  # factor = L2-normalised channel mean of |f|^p1 (f^p1)
+    p2: Int(1, 8) = 1  # distance between factors: mean |d| (1) or mean d^p2
 
 
 class FSP(Section):
+    """Yim et al. 2017: the student's flow matrices between consecutive feature maps trained onto the
+    teacher's for ``init_epochs``; distillation adds no term (RepDistiller's -b 50 multiplies a zero),
+    so ``weight`` is kept for the schema only."""
+
     weight: LossWeight = 50.0
     init_epochs: Count = 30
 
