@@ -30,19 +30,17 @@ The default weight 1 is the authors' (both their trainers add the term unweighte
 run script has no KD-SVD line.
 
 The student's and teacher's vectors are compared channel by channel, so each group pair must have the
-same channel count (RepDistiller's matmul fails otherwise), unless ``connect_widths`` puts the authors'
-TF2.0 width connector (a trained 1x1 conv + batch norm) on the student's narrower maps. The SVD runs in float32 outside autocast:
+same channel count (RepDistiller's matmul fails otherwise). The SVD runs in float32 outside autocast:
 half-precision SVD does not exist."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from toolbox.errors import UsageError
 
-from .base import Distiller, width_connector
+from .base import Distiller
 
 
 def _finite(x):
@@ -78,22 +76,18 @@ def _rbf(v, v_before):
 class KDSVD(Distiller):
     def __init__(self, settings, s_shapes, t_shapes, n_data):
         super().__init__(settings, s_shapes, t_shapes, n_data)
-        pairs = list(zip(s_shapes[1:-1], t_shapes[1:-1]))
-        for g, (s, t) in enumerate(pairs, 1):
-            if s[1] != t[1] and not settings.connect_widths:
+        for g, (s, t) in enumerate(zip(s_shapes[1:-1], t_shapes[1:-1]), 1):
+            if s[1] != t[1]:
                 raise UsageError(f"KD-SVD matches singular vectors channel by channel, but group {g} has {s[1]} "
                                  f"channels in the student and {t[1]} in the teacher; pick a student as wide "
-                                 "as the teacher (e.g. wrn-16-2 for a wrn-40-2 teacher), or widen the student's "
-                                 "maps with -o loss.kd_svd.connect_widths=true")
-        self.connectors = nn.ModuleList(nn.Identity() if s[1] == t[1] else width_connector(s[1], t[1]) for s, t in pairs)
+                                 "as the teacher (e.g. wrn-16-2 for a wrn-40-2 teacher)")
 
     def forward(self, s_feats, t_feats, index=None):
         k = self.settings.singular_vectors
         losses = []
         v_s_before = v_t_before = None
         with torch.autocast(s_feats[1].device.type, enabled=False):
-            for connect, f_s, f_t in zip(self.connectors, s_feats[1:-1], t_feats[1:-1]):
-                f_s = connect(f_s)
+            for f_s, f_t in zip(s_feats[1:-1], t_feats[1:-1]):
                 s_t, v_t = _right_singular(_at_least_float32(f_t), k)
                 _, v_s = _right_singular(_at_least_float32(f_s), k + 3)
                 v_s = _align(v_s, v_t)

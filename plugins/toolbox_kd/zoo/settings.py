@@ -101,9 +101,6 @@ class KDSVD(Section):
 
     weight: LossWeight = 1.0
     singular_vectors: Int(1, 64) = 1  # the teacher's kept vectors (the student keeps 3 more), RepDistiller's k
-    # groups narrower than the teacher's: a trained 1x1 conv + BN widens each first (the authors' TF2.0
-    # aux_layers); RepDistiller has none, and without it such a pair is refused
-    connect_widths: bool = False
 
 
 class MHGD(Section):
