@@ -331,7 +331,7 @@ class Engine:
     # --- training --------------------------------------------------------------------------------
     def fit(self, batches, epochs: int, *, loss=None, step=None, evaluate=None, eval_every: int = 1,
             checkpoint_every: int = 1, title: str = "training", first_epoch: int = 0,
-            last_stage: bool = True) -> dict:
+            last_stage: bool = True, loss_key: str = "train_loss") -> dict:
         """Train for ``epochs`` (continuing a resumed run where its checkpoint ends); returns the last
         epoch's metrics: train_loss (mean batch loss), lr, and what ``evaluate(model)`` returned on the
         epochs it ran (every ``eval_every`` and the last). Checkpoints every ``checkpoint_every`` epochs.
@@ -345,7 +345,8 @@ class Engine:
         it is not the last. A checkpoint at step s belongs to the stage with first_epoch < s <= epochs:
         resumed, that stage restores it (and returns {} at once if s is its end), the stages before it
         are skipped (its checkpoint holds what they trained, every stage saving every module) and the
-        ones after it start fresh.
+        ones after it start fresh. ``loss_key`` names a stage's loss in the metrics (e.g. "hint_loss"), so
+        that its series does not read as the final objective's.
         """
         if (loss is None) == (step is None):
             raise TypeError("Engine.fit takes exactly one of loss= or step=")
@@ -390,9 +391,9 @@ class Engine:
                     # the rank's part of the batch mean: the ranks' parts sum to it
                     window.append(value.detach() * (self.weight / distributed.world()) if part else value.detach())
                     if len(window) == self.loop.log_every:
-                        self._read(window, losses, epoch * steps + i + 1 - len(window), bar)
-                self._read(window, losses, epoch * steps + steps - len(window), bar)
-                metrics = {"train_loss": sum(losses) / len(losses), "lr": self._lr()}
+                        self._read(window, losses, epoch * steps + i + 1 - len(window), bar, loss_key)
+                self._read(window, losses, epoch * steps + steps - len(window), bar, loss_key)
+                metrics = {loss_key: sum(losses) / len(losses), "lr": self._lr()}
                 if evaluate is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
                     # rank 0 evaluates the model every rank holds; the others get its numbers
                     metrics.update(distributed.from_main(lambda: evaluate(self.model)) if part else evaluate(self.model))
@@ -426,7 +427,7 @@ class Engine:
     def _lr(self) -> float:
         return self.scheduler.get_last_lr()[0] if self.scheduler is not None else self.optimizer.param_groups[0]["lr"]
 
-    def _read(self, window: list, losses: list, first_step: int, bar) -> None:
+    def _read(self, window: list, losses: list, first_step: int, bar, key: str = "train_loss") -> None:
         """One host read for a window of losses; a NaN/inf names the step that produced it."""
         if not window:
             return
@@ -443,7 +444,7 @@ class Engine:
             if not math.isfinite(v):
                 self.run.check_finite(v, first_step + j)
         losses.extend(values)
-        bar.update(0, train_loss=sum(values) / len(values))
+        bar.update(0, **{key: sum(values) / len(values)})
 
 
 class _NoRun:

@@ -123,7 +123,8 @@ def train_kd(recipe, run) -> dict:
             update={"lr": stage.lr or recipe.optim.lr}))
         pre = engine.Engine(run, student, stage_opt, None, speed=recipe.speed, loop=recipe.loop, extra=extra)
         pre.fit(batches, stage.epochs, loss=stage_step_loss(recipe, pre, teacher, stage, distiller, s_tap, t_tap, augment),
-                checkpoint_every=checkpoint_every, title=f"{name} stage '{stage.name}'", last_stage=False)
+                checkpoint_every=checkpoint_every, title=f"{name} stage '{stage.name}'", last_stage=False,
+                loss_key=f"{stage.name}_loss")
         first_epoch = stage.epochs
         run.record(stages={stage.name: {"epochs": [0, stage.epochs]}, "distillation": {"epochs": [first_epoch, first_epoch + epochs]}})
 

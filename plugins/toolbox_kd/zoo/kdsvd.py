@@ -56,7 +56,13 @@ def _right_singular(feat, n: int):
     positions x channels matrix."""
     b, c, h, w = feat.shape
     x = feat.reshape(b, c, h * w).transpose(-2, -1)
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    try:
+        _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        # a diverged network's maps: NaN through the term, which the engine reports as a non-finite loss
+        # in one line with its step, instead of a crash inside the SVD
+        nan = torch.full((), float("nan"), dtype=x.dtype, device=x.device)
+        s, vh = nan.expand(b, min(c, h * w)), nan.expand(b, min(c, h * w), c)
     s, v = _finite(s), _finite(vh.transpose(-2, -1))
     return F.normalize(s[:, :n], dim=1), F.normalize(v[:, :, :n], dim=1)
 
