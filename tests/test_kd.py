@@ -24,8 +24,9 @@ def _accuracy(run_dir) -> float:
 def test_few_shot_kdat_beats_the_same_images_without_a_teacher(digits_teacher, tmp_path):
     teacher = [f"teacher.source={digits_teacher}"]
     kdat, ce = [], []
-    for seed in (0, 1, 2):
-        # a third of the recipe's schedule keeps the test short; the effect is already ~10 points
+    for seed in (0, 1):
+        # a third of the recipe's schedule and two seeds keep the test short; the effect is already ~10 points
+        # (docs/benchmarks/digits-kd.md has three seeds of every loss)
         common = [f"seed={seed}", "schedule.epochs=10"]
         kdat.append(_accuracy(runs.execute("distill", "kd", "kd/digits-kdat-m5", common + teacher,
                                            out=tmp_path / f"kdat{seed}", device="cpu")[0]))
@@ -35,7 +36,7 @@ def test_few_shot_kdat_beats_the_same_images_without_a_teacher(digits_teacher, t
         shots = [json.loads((tmp_path / f"{name}{seed}" / "run.json").read_text())["records"]["shots"]["indices"]
                  for name in ("kdat", "ce")]
         assert shots[0] == shots[1] and len(shots[0]) == 50
-    assert sum(kdat) / 3 >= sum(ce) / 3 + 0.03, (kdat, ce)
+    assert sum(kdat) / 2 >= sum(ce) / 2 + 0.03, (kdat, ce)
     assert min(kdat) > 0.85
 
 
