@@ -18,21 +18,32 @@ from toolbox.teachers import load_teacher, teacher_record
 from . import zoo
 from .features import FeatureTap, check_attention_pairs, default_layers, repdistiller_layers
 from .shots import sample_shots, scaled_schedule, step_schedule
+from .zoo import clip
 from .zoo.base import feature_shapes
 
 
 def zoo_objective(recipe_loss, term, s_logits, y, t_logits):
     """RepDistiller's train_distill sum: gamma CE + alpha T^2 KL_batchmean (kd+<name> only) + beta term,
     with gamma, alpha, beta = ce_weight, kd_weight and the distiller's weight (see recipe.Loss)."""
-    loss = recipe_loss.ce_weight * F.cross_entropy(s_logits, y)
+    task, weighted = zoo_parts(recipe_loss, term, s_logits, y, t_logits)
+    return task if weighted is None else task + weighted
+
+
+def zoo_parts(recipe_loss, term, s_logits, y, t_logits):
+    """-> (gamma CE + alpha T^2 KL, beta term or None): the task's side and the distiller's, which
+    ``clip_to_ce`` differentiates apart."""
+    task = recipe_loss.ce_weight * F.cross_entropy(s_logits, y)
     if recipe_loss.kind.startswith("kd+"):
         T = recipe_loss.temperature
         kl = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean")
-        loss = loss + recipe_loss.kd_weight * T * T * kl
-    if term is not None:
-        weight = getattr(recipe_loss, zoo.settings_field(zoo.distiller_name(recipe_loss.kind))).weight
-        loss = loss + weight * term
-    return loss
+        task = task + recipe_loss.kd_weight * T * T * kl
+    if term is None:
+        return task, None
+    return task, _settings(recipe_loss).weight * term
+
+
+def _settings(recipe_loss):
+    return getattr(recipe_loss, zoo.settings_field(zoo.distiller_name(recipe_loss.kind)))
 
 
 def kd_objective(recipe_loss, s_logits, y, t_logits=None, s_feats=(), t_feats=()):
@@ -133,13 +144,18 @@ def train_kd(recipe, run) -> dict:
     sched = step_schedule(opt, milestones, recipe.schedule.gamma,
                           steps_per_epoch=engine.optimizer_steps(len(batches), recipe.loop.accumulate))
     trainer = engine.Engine(run, student, opt, sched, speed=recipe.speed, loop=recipe.loop, extra=extra)
-    loss = kd_step_loss(recipe, trainer, teacher if needs_teacher else None, s_tap, t_tap, augment, distiller)
+    if distiller is not None and getattr(_settings(recipe.loss), "clip_to_ce", False):
+        # the authors' optimiser (zoo/clip.py): a step of ours, not the engine's backward of one sum
+        how = {"step": kd_clip_step(recipe, trainer, teacher, s_tap, t_tap, augment, distiller, len(batches))}
+    else:
+        how = {"loss": kd_step_loss(recipe, trainer, teacher if needs_teacher else None, s_tap, t_tap, augment,
+                                    distiller)}
     test_x = real.normalize(real.test_x)
 
     def evaluate(model):
         return {"accuracy": accuracy(model, test_x, real.test_y, device=device)}
 
-    metrics = trainer.fit(batches, first_epoch + epochs, loss=loss, evaluate=evaluate,
+    metrics = trainer.fit(batches, first_epoch + epochs, **how, evaluate=evaluate,
                           eval_every=recipe.eval_every or max(1, epochs // 20), checkpoint_every=checkpoint_every,
                           title=title, first_epoch=first_epoch)
 
@@ -180,10 +196,60 @@ def _augmented(settings, x, generator, trainer):
 
 
 def kd_step_loss(recipe, trainer, teacher, s_tap, t_tap, augment_generator, distiller=None):
-    """The engine's ``loss(forward, x, y)``: augment, run the frozen teacher (no gradients, under the
-    engine's autocast like the student, in its memory layout and compiled with it), then the composed loss.
-    ``teacher`` None: plain cross-entropy, no teacher pass. With a zoo ``distiller``, ``y`` may carry each
-    sample's index as a second column (CRD)."""
+    """The engine's ``loss(forward, x, y)``: the batch's outputs (_batch_outputs), then the composed loss.
+    ``teacher`` None: plain cross-entropy, no teacher pass."""
+    outputs = _batch_outputs(recipe, trainer, teacher, s_tap, t_tap, augment_generator, distiller)
+
+    def loss(forward, x, y):
+        y, index, s_logits, s_feats, t_logits, t_feats = outputs(forward, x, y)
+        if distiller is not None:
+            return zoo_objective(recipe.loss, distiller(s_feats, t_feats, index), s_logits, y, t_logits)
+        return kd_objective(recipe.loss, s_logits, y, t_logits, s_feats, t_feats)
+
+    return loss
+
+
+def kd_clip_step(recipe, trainer, teacher, s_tap, t_tap, augment_generator, distiller, steps_per_epoch):
+    """The engine's ``step(engine, x, y)`` for a distiller whose section sets ``clip_to_ce``: one forward
+    as kd_step_loss's, then the task's and the term's gradients apart, the term's clipped per student
+    parameter to the task's norm times the warm-up of the epochs distilled (zoo/clip.py), summed and
+    applied; returns the batch loss (their sum). The epochs distilled are the optimiser steps the
+    distillation stage's scheduler has counted (restored on resume) over ``steps_per_epoch``.
+
+    Under fp16 both losses are multiplied by the engine's loss scale before differentiating: the clip is
+    homogeneous (clip(s gd, s ||gc||) = s clip(gd, ||gc||)), so the scaler's unscale, inf check and skip
+    in optimizer_step see what its own backward would have left. ``loop.accumulate`` > 1 is refused by
+    the engine for any method-owned step."""
+    if not recipe.loss.kind.startswith("kd+") and recipe.loss.ce_weight == 0:
+        raise UsageError(f"loss.{zoo.settings_field(zoo.distiller_name(recipe.loss.kind))}.clip_to_ce clips the "
+                         "term's gradient to the cross-entropy's, which loss.ce_weight=0 removes; set ce_weight > 0 "
+                         "or clip_to_ce=false")
+    if distributed.world() > 1:
+        raise UsageError("clip_to_ce differentiates the task and the term apart, outside the ranks' gradient "
+                         "averaging; drop --nproc or set clip_to_ce=false")
+    outputs = _batch_outputs(recipe, trainer, teacher, s_tap, t_tap, augment_generator, distiller)
+    student = [p for p in trainer.model.parameters() if p.requires_grad]
+    own = distiller.main_parameters()
+
+    def step(engine, x, y):
+        with engine.autocast():
+            y, index, s_logits, s_feats, t_logits, t_feats = outputs(engine.forward, x, y)
+            task, term = zoo_parts(recipe.loss, distiller(s_feats, t_feats, index), s_logits, y, t_logits)
+        engine.optimizer.zero_grad(set_to_none=True)
+        scale = engine.scaler.scale
+        factor = clip.warmup(engine.scheduler.last_epoch // steps_per_epoch)
+        clip.set_gradients(scale(task), None if term is None else scale(term), student, own, factor)
+        engine.optimizer_step()
+        return (task if term is None else task + term).detach()
+
+    return step
+
+
+def _batch_outputs(recipe, trainer, teacher, s_tap, t_tap, augment_generator, distiller):
+    """-> outputs(forward, x, y) = (y, index, s_logits, s_feats, t_logits, t_feats) for one batch:
+    augment, run the frozen teacher (no gradients, under the engine's autocast like the student, in its
+    memory layout and compiled with it), then the student. ``teacher`` None: no teacher pass. With a
+    zoo ``distiller``, ``y`` may carry each sample's index as a second column (CRD)."""
     settings = recipe.data
     if teacher is not None:
         trainer.speed.layout(teacher)
@@ -191,7 +257,7 @@ def kd_step_loss(recipe, trainer, teacher, s_tap, t_tap, augment_generator, dist
     if distiller is not None:
         distiller.train()  # a stage may have left it in eval mode; its frozen parts stay so (its train())
 
-    def loss(forward, x, y):
+    def outputs(forward, x, y):
         x = _augmented(settings, x, augment_generator, trainer)
         index = None
         if y.dim() == 2:
@@ -201,11 +267,9 @@ def kd_step_loss(recipe, trainer, teacher, s_tap, t_tap, augment_generator, dist
             with torch.no_grad():
                 t_logits, t_feats = t_tap(teacher_forward, x) if t_tap else (teacher_forward(x), [])
         s_logits, s_feats = s_tap(forward, x) if s_tap else (forward(x), [])
-        if distiller is not None:
-            return zoo_objective(recipe.loss, distiller(s_feats, t_feats, index), s_logits, y, t_logits)
-        return kd_objective(recipe.loss, s_logits, y, t_logits, s_feats, t_feats)
+        return y, index, s_logits, s_feats, t_logits, t_feats
 
-    return loss
+    return outputs
 
 
 def stage_step_loss(recipe, trainer, teacher, stage, distiller, s_tap, t_tap, augment_generator):

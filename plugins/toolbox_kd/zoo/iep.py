@@ -23,11 +23,12 @@ batch-norm statistics move: the reference runs the ``Distillation`` scope's upda
 PCA is a statistics pass folded into that stage and everything but the student is frozen afterwards.
 
 Deviations:
-- The reference's op_util.py is not published. We follow its sibling in sseung0703/MHGD: the
-  distillation term is added with weight 1 (``loss.iep.weight``) and the networks train only in the
-  stage. MHGD's clipping of the distillation gradient to the cross-entropy gradient's norm is not
-  reproduced (the composition is the zoo's ``ce + weight * term``). The stage uses the recipe's SGD
-  (momentum, weight decay) at the recipe's constant rate, not Nesterov with 5e-4 * sum(w^2).
+- The reference's op_util.py is not published. We follow MHGD's (KD_methods_with_TF op_util.py,
+  ``Optimizer_w_MHGD``, whose epoch and init_epoch arguments its ``Optimizer_w_IEP`` takes): the term has
+  weight 1 (``loss.iep.weight``), its gradient clipped per student variable to the norm of the
+  cross-entropy's times a sigmoid warm-up (zoo/clip.py, ``loss.iep.clip_to_ce``), and the networks
+  train only in the stage. The stage uses the recipe's SGD (momentum, weight decay) at the recipe's
+  constant rate, not Nesterov with 5e-4 * sum(w^2).
 - The reference needs the student's and teacher's widths equal (a WRN-16-4 student of a WRN-40-4
   teacher). Where they differ, the student's map first goes through a 1x1 convolution and batch norm
   to the teacher's width, trained with the student: the adapter the same authors use for mismatched

@@ -15,10 +15,11 @@ randomly dropped heads (loss: 1 - cosine, mean over samples, summed over group p
 Distillation: the frozen network's graphs (batch norm on its running statistics) of teacher and student,
 through tanh, matched by KL(student || teacher) over each row, summed over rows, heads and group pairs.
 
+Its student optimiser clips the distillation gradient of each variable to the norm of that variable's
+cross-entropy gradient (times a sigmoid warm-up over the epochs since distillation began): zoo/clip.py,
+on by default (``loss.mhgd.clip_to_ce``; false: ``weight * term`` added like every zoo distiller).
+
 Deviations from the reference:
-- its student optimiser clips the distillation gradient of each variable to the norm of that variable's
-  cross-entropy gradient (times a sigmoid warm-up over the epochs since distillation began); here the
-  term is added as ``weight * term`` like every zoo distiller (RepDistiller's composition), no clipping.
 - the stage's SGD uses the recipe's momentum and weight decay; the reference's MHA penalty
   5e-4 * sum(p^2) (gradient 1e-3 p) and Nesterov momentum 0.9 are its own recipe's.
 - where student and teacher groups differ in width (the reference distils equal widths only: the

@@ -108,9 +108,13 @@ class MHGD(Section):
     CIFAR-100 ResNets trained 40 + 100 epochs at batch 128; kept. ``init_epochs`` trains the attention
     network on the teacher alone at ``init_lr`` (the reference's initial lr)."""
 
-    # the reference's coefficient, under its per-variable clip of the term's gradient to CE's (not done here);
-    # unclipped, the summed KL of a trained graph can outweigh CE (digits, 2 epochs: 0.18; weight 0.01: 0.89)
+    # the reference's coefficient, under its per-variable clip of the term's gradient to CE's (clip_to_ce);
+    # unclipped, the summed KL of a trained graph can outweigh CE (digits, 2 epochs: 0.18, clipped 0.56;
+    # unclipped at weight 0.01: 0.89)
     weight: LossWeight = 1.0
+    # op_util.py Optimizer_w_MHGD: each student variable's term gradient clipped to the norm of its CE
+    # gradient times sigmoid(epochs distilled) (zoo/clip.py); false: the plain sum ce + weight * term
+    clip_to_ce: bool = True
     heads: Int(1, 64) = 8  # num_head
     student_vectors: Int(1, 64) = 4  # SVD_eid(sfm, 4): the student's vectors the teacher's is aligned to
     init_epochs: Count = 40  # init_epoch
@@ -118,10 +122,13 @@ class MHGD(Section):
 
 
 class IEP(Section):
-    """Lee & Song 2021 (sseung0703/IEPKT): the distillation term joins the cross-entropy with weight 1
-    (the unpublished op_util's sibling in sseung0703/MHGD adds it unscaled); ``init_epochs`` trains the
+    """Lee & Song 2021 (sseung0703/IEPKT): the distillation term joins the cross-entropy with weight 1,
+    its gradient clipped to CE's as MHGD's optimiser does (``clip_to_ce``); ``init_epochs`` trains the
     graph and attention networks and gathers the PCA statistics on the teacher first: train_w_distill.py's
     init_epoch, 20 before its 100 CIFAR epochs (kept for that schedule)."""
 
     weight: LossWeight = 1.0
+    # Optimizer_w_IEP (unpublished op_util.py), taken to be Optimizer_w_MHGD of KD_methods_with_TF's
+    # op_util.py: the term's gradient clipped per student variable to CE's (zoo/clip.py); false: the plain sum
+    clip_to_ce: bool = True
     init_epochs: Count = 20
