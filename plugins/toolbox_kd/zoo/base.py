@@ -61,6 +61,13 @@ class Distiller(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
+def width_connector(c_in: int, c_out: int) -> nn.Module:
+    """A 1x1 conv + batch norm from a student map's width to the teacher's: the seed authors' aux_layers
+    (sseung0703/Knowledge_distillation_via_TF2.0, distiller/KDSVD.py), trained with the student, for their
+    methods that compare maps channel by channel when the widths differ (MHGD, IEP)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+
 def feature_shapes(tap, model, input_shape, device) -> list[torch.Size]:
     """The shapes of ``model``'s tapped features on two zero images, in eval mode (the reference probes
     with a batch of two as well)."""

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from toolbox.errors import UsageError
 
-from .base import Distiller, Stage
+from .base import Distiller, Stage, width_connector
 
 L2_EPS = 1e-12  # tf.nn.l2_normalize's epsilon, on the squared norm
 PCA_RATE = 0.9  # Incremental_PCA: the batch mean's share of the running mean
@@ -226,7 +226,7 @@ class IEP(Distiller):
                                  "that downsamples like the teacher")
         # 1x1 conv + BN to the teacher's width where the widths differ (see the module docstring)
         self.adapters = nn.ModuleList(
-            nn.Identity() if s[1] == t[1] else nn.Sequential(nn.Conv2d(s[1], t[1], 1, bias=False), nn.BatchNorm2d(t[1]))
+            nn.Identity() if s[1] == t[1] else width_connector(s[1], t[1])
             for s, t in zip(s_maps, t_maps))
         dims = [t[1] // 2 for t in t_maps]
         self.pcas = nn.ModuleList(IncrementalPCA(t[1]) for t in t_maps)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from toolbox.errors import UsageError
 
-from .base import Distiller, Stage
+from .base import Distiller, Stage, width_connector
 
 
 def _l2_normalize(x, dim):
@@ -169,10 +169,6 @@ class Estimator(nn.Module):
         return _l2_normalize(self.out(x), -1)
 
 
-def _connector(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
-
-
 class MHGD(Distiller):
     def __init__(self, settings, s_shapes, t_shapes, n_data):
         super().__init__(settings, s_shapes, t_shapes, n_data)
@@ -183,7 +179,7 @@ class MHGD(Distiller):
                              "loss.student_layers/teacher_layers")
         widths = [t[1] for t in t_groups]
         self.n = settings.student_vectors
-        self.connectors = nn.ModuleList(nn.Identity() if s[1] == c else _connector(s[1], c)
+        self.connectors = nn.ModuleList(nn.Identity() if s[1] == c else width_connector(s[1], c)
                                         for s, c in zip(s_groups, widths))
         self.attention = nn.ModuleList(AttentionHead(widths[i], widths[i - 1], (widths[i] + widths[i - 1]) // 2,
                                                      settings.heads) for i in range(1, len(widths)))

@@ -101,6 +101,9 @@ class KDSVD(Section):
 
     weight: LossWeight = 1.0
     singular_vectors: Int(1, 64) = 1  # the teacher's kept vectors (the student keeps 3 more), RepDistiller's k
+    # the authors' trainer clips the term's gradient per variable to CE's (op_util.py, as MHGD's, with
+    # sigmoid(epoch) from the first epoch); RepDistiller, whose version this is, does not
+    clip_to_ce: bool = False
 
 
 class MHGD(Section):
