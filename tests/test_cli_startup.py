@@ -52,7 +52,8 @@ def test_command_does_not_import_torch(env, args):
 @pytest.mark.parametrize("args, shown", [
     (["train", "zskt", "--help"], ["--teacher TEXT", "[teacher.source; now ''", "--student TEXT",
                                    "[student.arch; now 'wrn-16-1']", "--iterations INTEGER", "[iterations; now 300]"]),
-    (["distill", "kd", "--shots", "5", "--help"], ["--loss [ce|kd|at|kd+at]", "[data.shots; now 5]"]),
+    (["distill", "kd", "--shots", "5", "--help"], ["--loss [ce|kd|at|kd+at|fitnet|sp|", "|kd+mhgd|kd+iep]",
+                                               "[data.shots; now 5]"]),
     (["condense", "cifar10", "--ipc", "10", "--help"], ["recipe, condense/cifar10-dc-ipc10]", "[ipc; now 10]"]),
     (["train", "mixup", "--help"], ["--alpha FLOAT", "[alpha; now 0.2]"]),  # a third-party plugin's options
 ])
