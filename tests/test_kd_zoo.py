@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from toolbox_kd import zoo
 from toolbox_kd.features import FeatureTap, repdistiller_layers
-from toolbox_kd.method import zoo_objective
+from toolbox_kd.method import kd_objective, zoo_objective
 from toolbox_kd.recipe import KDRecipe
 from toolbox_kd.zoo.fitnet import FitNet
 from toolbox_kd.zoo.pkt import PKT
@@ -184,3 +184,32 @@ def test_every_distiller_teaches_a_few_shot_digits_student_end_to_end(name, digi
                                 out=tmp_path / name, device="cpu")
     assert metrics["accuracy"] > 0.3, metrics
     assert json.loads((out / "config.json").read_text())["loss"]["kind"] == name
+
+
+def _ref_attention(g_s, g_t, p=2):  # distiller_zoo/AT.py Attention.forward / at_loss / at
+    def at(f):
+        return F.normalize(f.pow(p).mean(1).view(f.size(0), -1))
+
+    losses = []
+    for f_s, f_t in zip(g_s, g_t):
+        s_H, t_H = f_s.shape[2], f_t.shape[2]
+        if s_H > t_H:
+            f_s = F.adaptive_avg_pool2d(f_s, (t_H, t_H))
+        elif s_H < t_H:
+            f_t = F.adaptive_avg_pool2d(f_t, (s_H, s_H))
+        losses.append((at(f_s) - at(f_t)).pow(2).mean())
+    return losses
+
+
+def test_at_with_pooling_is_repdistillers_attention_loss_on_maps_of_other_sizes():
+    """loss.at_pool: AT between maps of different resolutions, as RepDistiller's cross-type recipes run it
+    (CE + -b 1000 * sum over the pairs)."""
+    torch.manual_seed(0)
+    recipe = KDRecipe.model_validate({"method": "kd", "loss": {"kind": "at", "at_weight": 1000.0, "at_pool": True}})
+    s, y = torch.randn(4, 10, dtype=torch.float64), torch.randint(0, 10, (4,))
+    g_s = [torch.randn(4, 8, 16, 16, dtype=torch.float64, requires_grad=True), torch.randn(4, 6, 4, 4, dtype=torch.float64)]
+    g_t = [torch.randn(4, 5, 8, 8, dtype=torch.float64), torch.randn(4, 7, 8, 8, dtype=torch.float64)]
+    ours = kd_objective(recipe.loss, s, y, None, g_s, g_t)
+    ref = F.cross_entropy(s, y) + 1000.0 * sum(_ref_attention(g_s, g_t))
+    assert torch.allclose(ours, ref, rtol=1e-12)
+    assert torch.allclose(torch.autograd.grad(ours, g_s[0])[0], torch.autograd.grad(ref, g_s[0])[0], rtol=1e-10)

@@ -19,7 +19,7 @@ from . import zoo
 from .features import FeatureTap, check_attention_pairs, default_layers, repdistiller_layers
 from .shots import sample_shots, scaled_schedule, step_schedule
 from .zoo import clip
-from .zoo.base import feature_shapes
+from .zoo.base import feature_shapes, pool_to_smaller
 
 
 def zoo_objective(recipe_loss, term, s_logits, y, t_logits):
@@ -59,18 +59,9 @@ def kd_objective(recipe_loss, s_logits, y, t_logits=None, s_feats=(), t_feats=()
         loss = F.cross_entropy(s_logits, y)
     if kind in ("at", "kd+at"):
         if recipe_loss.at_pool:
-            s_feats, t_feats = zip(*(_same_size(s, t) for s, t in zip(s_feats, t_feats)))
+            s_feats, t_feats = zip(*(pool_to_smaller(s, t) for s, t in zip(s_feats, t_feats)))
         loss = loss + recipe_loss.at_weight * sum(attention_loss(s, t) for s, t in zip(s_feats, t_feats))
     return loss
-
-
-def _same_size(s, t):
-    """RepDistiller's Attention.at_loss: the larger of two square maps average-pooled to the smaller."""
-    if s.shape[2] > t.shape[2]:
-        return F.adaptive_avg_pool2d(s, t.shape[2:]), t
-    if s.shape[2] < t.shape[2]:
-        return s, F.adaptive_avg_pool2d(t, s.shape[2:])
-    return s, t
 
 
 def train_kd(recipe, run) -> dict:
@@ -102,10 +93,10 @@ def train_kd(recipe, run) -> dict:
                              f"input {loaded.config['input_shape']}), not {spec.name}; pick a teacher for this dataset")
         teacher_info = teacher_record(loaded, recipe.teacher.source, recipe.teacher.recipe)
         run.record(teacher=teacher_info)
-    s_tap = t_tap = distiller = None
+    s_tap = t_tap = distiller = stage = None
     name = zoo.distiller_name(recipe.loss.kind)
     if name:
-        s_tap, t_tap, distiller = build_distiller(recipe, name, student, teacher, loaded.config["architecture"],
+        s_tap, t_tap, distiller, stage = build_distiller(recipe, name, student, teacher, loaded.config["architecture"],
                                                   spec.shape, len(y_all), device)
         if distiller.needs_index:  # the sample's row in the training set rides along with its label
             distiller.bind_training_set(y_all, run.generator(name, device))
@@ -124,7 +115,6 @@ def train_kd(recipe, run) -> dict:
     title = f"kd[{recipe.loss.kind}] -> {recipe.student.arch} on {spec.name}" + (f", {shots} shots" if shots else "")
     checkpoint_every = recipe.checkpoint_every or max(1, epochs // 20)
     extra = {"distiller": distiller} if distiller is not None else None
-    stage = distiller.stage(student) if distiller is not None else None
     first_epoch = 0
     augment = run.generator("augment")
     if stage is not None:  # e.g. FitNet's hints: its own optimiser, epochs numbered before distillation's
@@ -172,8 +162,9 @@ def train_kd(recipe, run) -> dict:
 
 
 def build_distiller(recipe, name, student, teacher, teacher_arch, input_shape, n_data, device):
-    """-> (student tap, teacher tap, distiller) for zoo distiller ``name``: taps on RepDistiller's feature
-    lists (or the recipe's own student_layers/teacher_layers), the distiller built from their shapes."""
+    """-> (student tap, teacher tap, distiller, its stage or None) for zoo distiller ``name``: taps on
+    RepDistiller's feature lists (or the recipe's own student_layers/teacher_layers), the distiller built
+    from their shapes."""
     cls = zoo.distiller_class(name)
     s_layers = recipe.loss.student_layers or repdistiller_layers(student, recipe.student.arch, "student", cls.preact)
     s_tap = FeatureTap(student, s_layers, recipe.student.arch, "student")
@@ -182,10 +173,11 @@ def build_distiller(recipe, name, student, teacher, teacher_arch, input_shape, n
     s_shapes = feature_shapes(s_tap, student, input_shape, device)
     t_shapes = feature_shapes(t_tap, teacher, input_shape, device)
     distiller = cls(getattr(recipe.loss, zoo.settings_field(name)), s_shapes, t_shapes, n_data).to(device)
-    if distributed.world() > 1 and (distiller.main_parameters() or distiller.stage(student) is not None):
+    stage = distiller.stage(student)
+    if distributed.world() > 1 and (distiller.main_parameters() or stage is not None):
         raise UsageError(f"--loss {name} trains modules of its own beside the student, which runs in one process "
                          "for now; drop --nproc (or distil with a parameter-free loss such as kd, at, sp or pkt)")
-    return s_tap, t_tap, distiller
+    return s_tap, t_tap, distiller, stage
 
 
 def _augmented(settings, x, generator, trainer):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 @dataclass
@@ -59,6 +60,17 @@ class Distiller(nn.Module):
     def main_parameters(self) -> list:
         """What the distillation stage trains besides the student (regressors, embeddings)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def pool_to_smaller(f_s, f_t):
+    """The larger of two square maps average-pooled to the smaller's size, as RepDistiller's AT, NST, VID
+    and FT losses do before comparing a student's map with a teacher's of another resolution."""
+    s_h, t_h = f_s.shape[2], f_t.shape[2]
+    if s_h > t_h:
+        return F.adaptive_avg_pool2d(f_s, (t_h, t_h)), f_t
+    if s_h < t_h:
+        return f_s, F.adaptive_avg_pool2d(f_t, (s_h, s_h))
+    return f_s, f_t
 
 
 def width_connector(c_in: int, c_out: int) -> nn.Module:

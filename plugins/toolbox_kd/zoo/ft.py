@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from toolbox.models.cifar_resnet import CifarResNet
 from toolbox.models.wrn import WideResNet
 
-from .base import Distiller, Stage
+from .base import Distiller, Stage, pool_to_smaller
 
 # RepDistiller's init stage runs at lr 0.01 for these students (its resnet8..110, 8x4, 32x4 and WRNs)
 LOW_LR_STUDENTS = (CifarResNet, WideResNet)
@@ -61,11 +61,7 @@ class FT(Distiller):
         with torch.no_grad():
             f_t = self.paraphraser.encoder(t_feats[-2])
         f_s = self.translator(s_feats[-2])
-        s_h, t_h = f_s.shape[2], f_t.shape[2]
-        if s_h > t_h:  # the larger map is pooled to the smaller's size
-            f_s = F.adaptive_avg_pool2d(f_s, (t_h, t_h))
-        elif s_h < t_h:
-            f_t = F.adaptive_avg_pool2d(f_t, (s_h, s_h))
+        f_s, f_t = pool_to_smaller(f_s, f_t)
         d = self._factor(f_s) - self._factor(f_t)
         return d.abs().mean() if self.settings.p2 == 1 else d.pow(self.settings.p2).mean()
 

@@ -11,16 +11,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Distiller
-
-
-def _match_sizes(f_s, f_t):
-    s_h, t_h = f_s.shape[2], f_t.shape[2]
-    if s_h > t_h:
-        f_s = F.adaptive_avg_pool2d(f_s, (t_h, t_h))
-    elif s_h < t_h:
-        f_t = F.adaptive_avg_pool2d(f_t, (s_h, s_h))
-    return f_s, f_t
+from .base import Distiller, pool_to_smaller
 
 
 def _poly_kernel_mean(a, b):
@@ -29,7 +20,7 @@ def _poly_kernel_mean(a, b):
 
 
 def _nst_pair(f_s, f_t):
-    f_s, f_t = _match_sizes(f_s, f_t)
+    f_s, f_t = pool_to_smaller(f_s, f_t)
     f_s = F.normalize(f_s.reshape(f_s.shape[0], f_s.shape[1], -1), dim=2)
     f_t = F.normalize(f_t.reshape(f_t.shape[0], f_t.shape[1], -1), dim=2)
     return (_poly_kernel_mean(f_t, f_t).detach() + _poly_kernel_mean(f_s, f_s)

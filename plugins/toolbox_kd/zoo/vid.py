@@ -14,11 +14,10 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from toolbox.errors import UsageError
 
-from .base import Distiller
+from .base import Distiller, pool_to_smaller
 
 
 def _conv1x1(c_in, c_out):
@@ -36,11 +35,7 @@ class VIDPair(nn.Module):
         self.eps = eps
 
     def forward(self, f_s, f_t):
-        s_h, t_h = f_s.shape[2], f_t.shape[2]
-        if s_h > t_h:
-            f_s = F.adaptive_avg_pool2d(f_s, (t_h, t_h))
-        elif s_h < t_h:
-            f_t = F.adaptive_avg_pool2d(f_t, (s_h, s_h))
+        f_s, f_t = pool_to_smaller(f_s, f_t)
         mean = self.regressor(f_s)
         # log(1 + exp(.)) written out as the reference does (softplus differs only past exp's range)
         var = (torch.log(1.0 + torch.exp(self.log_scale)) + self.eps).view(1, -1, 1, 1)
