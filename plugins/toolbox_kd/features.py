@@ -85,21 +85,27 @@ class FeatureTap:
             h.remove()
 
 
+def feature_shapes(tap, model, input_shape, device) -> list[torch.Size]:
+    """The shapes of ``model``'s tapped features on two zero images, in eval mode (the reference probes
+    with a batch of two as well)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        _, feats = tap(model, torch.zeros(2, *input_shape, device=device))
+    model.train(was)
+    return [f.shape for f in feats]
+
+
 def check_attention_pairs(student_tap, teacher_tap, student, teacher, input_shape, device, pool: bool = False) -> None:
     """One forward pass on zeros: the matched maps must pair up and agree in spatial size (unless
     ``pool``: then the larger is pooled to the smaller)."""
     if len(student_tap.layers) != len(teacher_tap.layers):
         raise UsageError(f"attention transfer pairs layers one to one: student has {len(student_tap.layers)} "
                          f"({', '.join(student_tap.layers)}), teacher {len(teacher_tap.layers)} ({', '.join(teacher_tap.layers)})")
-    x = torch.zeros(2, *input_shape, device=device)
-    was = student.training
-    student.eval()
-    with torch.no_grad():
-        _, s_feats = student_tap(student, x)
-        _, t_feats = teacher_tap(teacher, x)
-    student.train(was)
-    for s_name, t_name, s, t in zip(student_tap.layers, teacher_tap.layers, s_feats, t_feats):
-        if s.dim() != 4 or t.dim() != 4 or (s.shape[-2:] != t.shape[-2:] and not pool):
-            raise UsageError(f"attention maps differ in size: student '{s_name}' gives {tuple(s.shape[2:])}, teacher "
-                             f"'{t_name}' {tuple(t.shape[2:])}; match layers with the same resolution, or pool the "
+    s_shapes = feature_shapes(student_tap, student, input_shape, device)
+    t_shapes = feature_shapes(teacher_tap, teacher, input_shape, device)
+    for s_name, t_name, s, t in zip(student_tap.layers, teacher_tap.layers, s_shapes, t_shapes):
+        if len(s) != 4 or len(t) != 4 or (s[-2:] != t[-2:] and not pool):
+            raise UsageError(f"attention maps differ in size: student '{s_name}' gives {tuple(s[2:])}, teacher "
+                             f"'{t_name}' {tuple(t[2:])}; match layers with the same resolution, or pool the "
                              "larger map as RepDistiller does (-o loss.at_pool=true)")

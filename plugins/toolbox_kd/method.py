@@ -16,10 +16,10 @@ from toolbox.models import build_for
 from toolbox.teachers import load_teacher, teacher_record
 
 from . import zoo
-from .features import FeatureTap, check_attention_pairs, default_layers, repdistiller_layers
+from .features import FeatureTap, check_attention_pairs, default_layers, feature_shapes, repdistiller_layers
 from .shots import sample_shots, scaled_schedule, step_schedule
 from .zoo import clip
-from .zoo.base import feature_shapes, pool_to_smaller
+from .zoo.base import pool_to_smaller
 
 
 def zoo_objective(recipe_loss, term, s_logits, y, t_logits):

@@ -78,14 +78,3 @@ def width_connector(c_in: int, c_out: int) -> nn.Module:
     (sseung0703/Knowledge_distillation_via_TF2.0, distiller/KDSVD.py), trained with the student, for their
     methods that compare maps channel by channel when the widths differ (MHGD, IEP)."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
-
-
-def feature_shapes(tap, model, input_shape, device) -> list[torch.Size]:
-    """The shapes of ``model``'s tapped features on two zero images, in eval mode (the reference probes
-    with a batch of two as well)."""
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        _, feats = tap(model, torch.zeros(2, *input_shape, device=device))
-    model.train(was)
-    return [f.shape for f in feats]
