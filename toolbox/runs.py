@@ -236,7 +236,7 @@ class Run:
         path = self.dir / CHECKPOINT
         if not self.resumed or not path.exists():
             return None
-        return int(load_state(path)["step"])
+        return int(load_state(path, tensors=False)["step"])
 
     def load_checkpoint(self) -> dict | None:
         path = self.dir / CHECKPOINT

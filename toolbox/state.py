@@ -117,7 +117,16 @@ def save_state(path: Path, state: dict) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: json.dumps(skeleton)}))
 
 
-def load_state(path: Path) -> dict:
+class _NoTensors(dict):
+    """The tensors of a state read for its plain values only: every tensor reads as None."""
+
+    def __missing__(self, key):
+        return None
+
+
+def load_state(path: Path, tensors: bool = True) -> dict:
+    """The state ``save_state`` wrote; ``tensors=False`` reads only the header (plain values such as a
+    checkpoint's step, every tensor None) without reading the tensors' bytes."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -126,9 +135,9 @@ def load_state(path: Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            values = {k: f.get_tensor(k) for k in f.keys()} if tensors else _NoTensors()
         skeleton = json.loads(meta[_META_KEY])
     except Exception as e:  # safetensors raises several types for corrupt headers and bodies
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
                               "delete it to start over, or restore it from a copy") from None
-    return _decode(skeleton, tensors)
+    return _decode(skeleton, values)
