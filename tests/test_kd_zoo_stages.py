@@ -329,3 +329,8 @@ def test_fsp_refuses_different_widths_naming_the_maps():
         FSP(zoo_settings.FSP(), FSP_S, wide, 10)
     with pytest.raises(UsageError, match="one to one"):
         FSP(zoo_settings.FSP(), FSP_S[:2] + FSP_S[-1:], FSP_S, 10)
+
+
+def test_ft_refuses_a_rate_that_leaves_no_factor_channel():
+    with pytest.raises(UsageError, match=r"loss.ft.rate=0.01 leaves no factor channel of the teacher's 64; use a rate"):
+        FT(zoo_settings.FT(rate=0.01), [(2, 8, 8, 8), (2, 16, 4, 4), (2, 16)], [(2, 8, 8, 8), (2, 64, 4, 4), (2, 64)], 10)

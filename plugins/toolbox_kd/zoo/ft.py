@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from toolbox.errors import UsageError
 from toolbox.models.cifar_resnet import CifarResNet
 from toolbox.models.wrn import WideResNet
 
@@ -49,6 +50,9 @@ class FT(Distiller):
     def __init__(self, settings, s_shapes, t_shapes, n_data):
         super().__init__(settings, s_shapes, t_shapes, n_data)
         t_channels = t_shapes[-2][1]
+        if int(t_channels * settings.rate) < 1:
+            raise UsageError(f"loss.ft.rate={settings.rate} leaves no factor channel of the teacher's {t_channels}; "
+                             f"use a rate of at least {1 / t_channels:.3g}")
         self.paraphraser = Paraphraser(t_channels, settings.rate)
         self.translator = _encoder(s_shapes[-2][1], int(t_channels * settings.rate), batch_norm=True)
 
